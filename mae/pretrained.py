@@ -1,0 +1,157 @@
+"""Official MAE checkpoints: the URL table, a safe download, and key-checked loading.
+
+Every checkpoint is read with `torch.load(..., weights_only=True)`: a file that would run code
+when unpickled is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+_MAE_URL = "https://dl.fbaipublicfiles.com/mae"
+MAE_PRETRAINED_URLS: dict[str, str] = {
+    # encoder only (what fine-tuning and SiamMAE start from)
+    "mae_pretrain_vit_base": f"{_MAE_URL}/pretrain/mae_pretrain_vit_base.pth",
+    "mae_pretrain_vit_large": f"{_MAE_URL}/pretrain/mae_pretrain_vit_large.pth",
+    "mae_pretrain_vit_huge": f"{_MAE_URL}/pretrain/mae_pretrain_vit_huge.pth",
+    # encoder + decoder (for reconstruction plots)
+    "mae_visualize_vit_base": f"{_MAE_URL}/visualize/mae_visualize_vit_base.pth",
+    "mae_visualize_vit_large": f"{_MAE_URL}/visualize/mae_visualize_vit_large.pth",
+}
+
+DECODER_PREFIXES = ("decoder_", "mask_token")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read safely or does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    """What `load_mae_weights` did: keys loaded, and keys of the model the file did not have."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def missing_decoder(self) -> bool:
+        return bool(self.missing)
+
+    def __str__(self) -> str:
+        if not self.missing:
+            return f"loaded all {len(self.loaded)} tensors"
+        return f"loaded {len(self.loaded)} tensors; not in the file (left as initialised): {', '.join(self.missing)}"
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict:
+    """Read a checkpoint with `weights_only=True`; refuse (CheckpointError) anything that would run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused to load {path}: it holds objects other than tensors and plain data, and loading them "
+            f"could run code ({str(err).splitlines()[0]})"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"could not read checkpoint {path}: {err}") from err
+
+
+def extract_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
+    """Unwrap `{'model': ...}` (and `'state_dict'`) and strip DistributedDataParallel's `module.` prefix."""
+    sd = checkpoint
+    for key in ("model", "state_dict"):
+        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+            sd = sd[key]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError("checkpoint holds no state dict of tensors (expected a dict or {'model': dict})")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_mae_weights(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Mapping,
+    allowed_missing_prefixes: tuple[str, ...] = DECODER_PREFIXES,
+    ignore_prefixes: tuple[str, ...] = (),
+) -> LoadReport:
+    """Load a state dict (or a checkpoint file) into `model`, checking every key.
+
+    An unexpected key or a shape mismatch raises CheckpointError naming them. Keys of the model
+    that the file lacks are allowed only under `allowed_missing_prefixes` (the decoder, which the
+    official encoder-only `mae_pretrain_vit_*.pth` files do not hold) and are reported. Keys of the
+    file under `ignore_prefixes` are dropped first (e.g. the MAE decoder, when loading an
+    encoder+decoder file into an encoder alone).
+    """
+    raw = load_checkpoint_file(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    sd = extract_state_dict(raw)
+    if ignore_prefixes:
+        sd = {k: v for k, v in sd.items() if not k.startswith(ignore_prefixes)}
+    own = model.state_dict()
+    unexpected = sorted(k for k in sd if k not in own)
+    mismatched = sorted(
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sd
+        if k in own and sd[k].shape != own[k].shape
+    )
+    missing = sorted(k for k in own if k not in sd)
+    bad_missing = [k for k in missing if not k.startswith(allowed_missing_prefixes)]
+    problems = []
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {'; '.join(mismatched)}")
+    if bad_missing:
+        problems.append(f"missing keys: {', '.join(bad_missing)}")
+    if problems:
+        raise CheckpointError("checkpoint does not fit the model: " + " | ".join(problems))
+    model.load_state_dict(sd, strict=False)
+    return LoadReport(loaded=sorted(sd), missing=missing)
+
+
+def download_pretrained_model(url: str, dir: str | os.PathLike = "checkpoints/mae", timeout: float = 60.0) -> Path:
+    """Download an official MAE checkpoint (a URL, or a name of MAE_PRETRAINED_URLS) into `dir`.
+
+    Skips the download when the file is already there. Writes to a temporary file and renames it
+    when complete, so an interrupted download never leaves a truncated checkpoint behind.
+    """
+    url = MAE_PRETRAINED_URLS.get(url, url)
+    dest_dir = Path(dir)
+    dest = dest_dir / Path(urllib.request.urlparse(url).path).name
+    if dest.is_file():
+        return dest
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=timeout)
+            except (urllib.error.URLError, TimeoutError, OSError) as err:
+                raise CheckpointError(
+                    f"could not download {url}: {getattr(err, 'reason', err)}. Are you offline? Download it "
+                    f"elsewhere and place it at {dest}."
+                ) from err
+            with response, tqdm(
+                total=int(response.headers.get("Content-Length") or 0) or None,
+                unit="B", unit_scale=True, desc=dest.name,
+            ) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(tmp_name, dest)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return dest

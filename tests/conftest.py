@@ -1,0 +1,49 @@
+"""Shared test fixtures: paths to the shipped sample data and to ../shared when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO / "dataset" / "sample"
+SHARED_DATA = Path(os.environ.get("SIAMMAE_SHARED_DATA", REPO.parent / "shared" / "data"))
+DAVIS_MINI = SHARED_DATA / "davis_mini"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def sample_videos() -> list[Path]:
+    """The real clips shipped in dataset/sample (Kinetics tree layout)."""
+    return sorted(SAMPLE_DIR.glob("*/*/*.mp4"))
+
+
+def read_frames(path: Path, indices: list[int], size: int = 224) -> torch.Tensor:
+    """Frames `indices` of a video, centre-cropped square and resized: (len(indices), 3, size, size) in [0, 1].
+
+    A plain sequential decode, independent of dataset_loader, so tests of the model do not depend on it.
+    """
+    wanted, out = set(indices), {}
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                img = frame.to_image()
+                s = min(img.size)
+                left, top = (img.width - s) // 2, (img.height - s) // 2
+                img = img.crop((left, top, left + s, top + s)).resize((size, size))
+                out[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
+            if len(out) == len(wanted):
+                break
+    return torch.stack([out[i] for i in indices])
+
+
+@pytest.fixture(scope="session")
+def davis_mini() -> Path:
+    if not DAVIS_MINI.is_dir():
+        pytest.skip(f"needs the DAVIS-layout sample at {DAVIS_MINI} (../shared/data is not beside this clone)")
+    return DAVIS_MINI
