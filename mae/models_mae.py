@@ -61,7 +61,7 @@ class MAEEncoder(nn.Module):
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view([w.shape[0], -1]))  # as a linear layer, not a conv
         nn.init.normal_(self.cls_token, std=0.02)
-        self.apply(_init_linear_and_norm)
+        self.apply(init_linear_and_norm)
 
     # ------------------------------------------------------------- patches
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -209,7 +209,7 @@ class MaskedAutoencoderViT(MAEEncoder):
         self.decoder_pos_embed.data.copy_(torch.from_numpy(dec_pos).float().unsqueeze(0))
         nn.init.normal_(self.mask_token, std=0.02)
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
-            module.apply(_init_linear_and_norm)
+            module.apply(init_linear_and_norm)
 
     # ------------------------------------------------------------- decoder
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -245,7 +245,7 @@ class MaskedAutoencoderViT(MAEEncoder):
         return loss, pred, mask
 
 
-def _init_linear_and_norm(m: nn.Module) -> None:
+def init_linear_and_norm(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)  # as the official (JAX ViT) init
         if m.bias is not None:

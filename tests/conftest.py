@@ -15,7 +15,9 @@ SAMPLE_DIR = REPO / "dataset" / "sample"
 SHARED_DATA = Path(os.environ.get("SIAMMAE_SHARED_DATA", REPO.parent / "shared" / "data"))
 DAVIS_MINI = SHARED_DATA / "davis_mini"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: tests use tiny models, and on 2 shared cores more threads only oversubscribe
+# (data-loader workers and the notebook kernel run beside the test process).
+torch.set_num_threads(1)
 
 
 def sample_videos() -> list[Path]:
