@@ -1,0 +1,1 @@
+"""Benchmarks (speed figures; never run by the test suite except as tiny smoke runs)."""

@@ -1,0 +1,332 @@
+"""Frame-pair loading speed: pairs per second per worker, ours against pytorchvideo and the decode bound.
+
+Three loaders, each on one CPU core with one decoding thread (what one data-loader worker gets):
+  ours         KineticsFramePairs: open, seek, decode forward, RGB + crop/flip/normalise of the wanted frames
+  pytorchvideo pytorchvideo 0.1.5's Kinetics + EncodedVideo (PyAV): a random clip spanning the gap, first and
+               last frames, the same crop/flip/normalise
+  decode bound PyAV alone: open, seek to the keyframe, decode up to the last wanted frame, nothing else
+on three sets: dataset/sample (real clips, keyframe every second), and generated 10 s, 30 fps, 340x256
+H.264 clips (made from the sample's real footage) with a keyframe every 1 s and every 8 s.
+Each figure is the median of several timed runs after a warm-up run; the loaders take turns item by item
+and ratios are medians of within-run ratios, so a shared machine's changing load largely cancels out.
+
+pytorchvideo is installed for the benchmark only, into its own folder (never the project's .venv):
+
+    python -m bench.bench_data --install-pytorchvideo      # once: pip --no-deps into outputs/bench-pytorchvideo
+    python -m bench.bench_data                             # prints the table; --json FILE saves it
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from dataset_loader.dataset import KineticsFramePairs
+from dataset_loader.random_temporal_subsample import RandomTemporalSubsample
+from dataset_loader.transforms import PairedTransform
+from dataset_loader.video import VideoReader
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO / "dataset" / "sample"
+PYTORCHVIDEO_DIR = REPO / "outputs" / "bench-pytorchvideo"
+PYTORCHVIDEO_REQUIREMENTS = REPO / "bench" / "requirements-pytorchvideo.txt"
+CLIP_SOURCES = ["train/street/bikes.mp4", "train/moving_object/box.mp4", "train/bird/cockatoo.mp4",
+                "val/moving_object/coin_and_pen.mp4"]
+TARGET_VS_PYTORCHVIDEO = 2.0  # ours at least this many times pytorchvideo's pairs/s
+TARGET_VS_BOUND = 1.5  # ours at most this many times slower than the bare decode
+
+
+# ---------------------------------------------------------------- test clips
+
+
+def _source_frames(path: Path, num_frames: int, width: int, height: int) -> list[np.ndarray]:
+    """`num_frames` real frames of `path`, centre-cropped to width x height (played back and forth if short)."""
+    frames = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == num_frames:
+                break
+    h, w = frames[0].shape[:2]
+    scale = max(width / w, height / h)
+    if scale > 1:
+        from PIL import Image
+
+        size = (int(np.ceil(w * scale)), int(np.ceil(h * scale)))
+        frames = [np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BILINEAR)) for f in frames]
+        h, w = frames[0].shape[:2]
+    top, left = (h - height) // 2, (w - width) // 2
+    frames = [f[top:top + height, left:left + width] for f in frames]
+    loop = frames + frames[-2:0:-1]
+    return [loop[i % len(loop)] for i in range(num_frames)]
+
+
+def make_bench_clips(
+    out_dir: Path, keyframe_seconds: float, seconds: float = 10.0, fps: int = 30, width: int = 340,
+    height: int = 256, count: int = 4,
+) -> list[Path]:
+    """H.264 clips of real footage (x264 defaults: crf 23, preset medium, B-frames) with a fixed keyframe interval."""
+    from tests.videos import encode_video
+
+    paths = []
+    for source in CLIP_SOURCES[:count]:
+        name = f"{Path(source).stem}_{seconds:g}s_{fps}fps_{width}x{height}_key{keyframe_seconds:g}s.mp4"
+        path = out_dir / name
+        if not path.is_file():
+            frames = _source_frames(SAMPLE_DIR / source, int(round(seconds * fps)), width, height)
+            encode_video(path, frames, fps=fps, keyframe_interval=int(round(keyframe_seconds * fps)), crf=23,
+                         preset="medium")
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------- the three loaders
+
+
+def make_ours(paths: list[Path], repeated_sampling: int, img_size: int) -> Callable[[int, int], int]:
+    data = KineticsFramePairs(paths, img_size=img_size, repeated_sampling=repeated_sampling)
+
+    def load(item: int, epoch: int) -> int:
+        f1, f2 = data[(item % len(data), epoch)]
+        return repeated_sampling
+
+    return load
+
+
+def make_decode_bound(paths: list[Path], repeated_sampling: int) -> Callable[[int, int], int]:
+    """The same pairs as ours, but only: open, seek to the keyframe before the first frame, decode to the last."""
+    sampler = RandomTemporalSubsample(repeated_sampling=repeated_sampling)
+
+    def load(item: int, epoch: int) -> int:
+        index = item % len(paths)
+        with VideoReader(paths[index]) as video:
+            pairs = sampler(video.num_frames, float(video.fps), np.random.default_rng([0, epoch, index, 0]))
+            indices = [i for pair in pairs for i in pair]
+            first, last = min(indices), max(indices)
+            if first > 0:
+                video.container.seek(video.pts_of(first), stream=video.stream, backward=True, any_frame=False)
+            for frame in video.container.decode(video.stream):
+                if video.index_of(frame.pts) >= last:
+                    break
+        return repeated_sampling
+
+    return load
+
+
+def import_pytorchvideo(folder: Path):
+    """pytorchvideo from its own folder, with the torchvision alias it needs (functional_tensor)."""
+    if not (folder / "pytorchvideo").is_dir():
+        raise ModuleNotFoundError(f"pytorchvideo is not installed in {folder}; run: python -m bench.bench_data "
+                                  f"--install-pytorchvideo (or pip install --no-deps --target {folder} "
+                                  f"-r {PYTORCHVIDEO_REQUIREMENTS.relative_to(REPO)})")
+    import torchvision.transforms._functional_tensor as functional_tensor
+
+    sys.modules.setdefault("torchvision.transforms.functional_tensor", functional_tensor)
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    import pytorchvideo.data
+
+    return pytorchvideo.data
+
+
+def make_pytorchvideo(paths: list[Path], img_size: int, folder: Path, list_dir: Path) -> Callable[[int, int], int]:
+    """pytorchvideo's Kinetics over a 'path label' list; a clip spanning a random gap gives the pair."""
+    ptv = import_pytorchvideo(folder)
+    gaps = RandomTemporalSubsample()
+
+    class RandomGapClipSampler(ptv.clip_sampling.RandomClipSampler):
+        """A random clip whose length is a random gap of [4, 48] frames at 30 fps (one more frame, to include it)."""
+
+        def __call__(self, last_clip_time, video_duration, annotation):
+            self._clip_duration = Fraction(random.randint(gaps.min_gap, gaps.max_gap) + 1, 30)
+            return super().__call__(last_clip_time, video_duration, annotation)
+
+    transform = PairedTransform(img_size)
+    rng = np.random.default_rng(0)
+
+    def to_pair(sample: dict) -> dict:
+        video = sample["video"]  # (3, T, H, W) float in [0, 255]
+        frames = [video[:, t].permute(1, 2, 0).to(torch.uint8).numpy() for t in (0, -1)]
+        sample["pair"] = transform(frames, rng)
+        return sample
+
+    list_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1("\n".join(map(str, paths)).encode()).hexdigest()[:12]
+    list_file = list_dir / f"pytorchvideo_list_{digest}.txt"
+    list_file.write_text("".join(f"{p} 0\n" for p in paths))
+    dataset = ptv.Kinetics(str(list_file), clip_sampler=RandomGapClipSampler(Fraction(1)),
+                           video_sampler=torch.utils.data.RandomSampler, decode_audio=False, transform=to_pair)
+    stream = iter(dataset)
+
+    def load(item: int, epoch: int) -> int:
+        nonlocal stream
+        try:
+            next(stream)
+        except StopIteration:  # one pass over the videos ends the iterator: start another
+            stream = iter(dataset)
+            next(stream)
+        return 1
+
+    return load
+
+
+# ---------------------------------------------------------------- timing
+
+
+def time_loaders(loaders: dict[str, Callable[[int, int], int]], items: int, runs: int, warmup: int) -> dict:
+    """Pairs/s of each loader: `warmup` untimed then `runs` timed runs of `items` items.
+
+    The loaders take turns item by item, so a change in the machine's load touches all of them alike
+    (ratios are then taken within each run, and medians reported).
+    """
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    for run in range(warmup + runs):
+        seconds = dict.fromkeys(loaders, 0.0)
+        pairs = dict.fromkeys(loaders, 0)
+        for item in range(items):
+            for name, load in loaders.items():
+                start = time.perf_counter()
+                pairs[name] += load(item, run)
+                seconds[name] += time.perf_counter() - start
+        if run >= warmup:
+            for name in loaders:
+                rates[name].append(pairs[name] / seconds[name])
+    return rates
+
+
+def summarise(rates: list[float]) -> dict:
+    return {"pairs_per_s": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": len(rates)}
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over runs of a[run] / b[run]."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def pin_to_one_core() -> int | None:
+    """Run on one CPU core (one worker's share); returns the core, None where affinity is unsupported."""
+    torch.set_num_threads(1)
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    core = max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    return core
+
+
+def run_benchmark(
+    items: int = 40,
+    runs: int = 5,
+    warmup: int = 1,
+    clip_seconds: float = 10.0,
+    clip_dir: Path = REPO / "outputs" / "bench-data-clips",
+    img_size: int = 224,
+    pytorchvideo_dir: Path | None = PYTORCHVIDEO_DIR,
+    sets: tuple[str, ...] = ("sample", "key1s", "key8s"),
+    clip_size: tuple[int, int] = (340, 256),
+) -> list[dict]:
+    """Pairs/s per worker of each loader on each set; `pytorchvideo_dir=None` leaves pytorchvideo out.
+
+    A tiny run for a smoke test: run_benchmark(items=2, runs=1, warmup=0, clip_seconds=1, clip_size=(64, 48)).
+    """
+    video_sets = {}
+    for name in sets:
+        if name == "sample":
+            video_sets[name] = sorted(SAMPLE_DIR.glob("*/*/*.mp4"))
+        elif name.startswith("key") and name.endswith("s"):
+            video_sets[name] = make_bench_clips(clip_dir, float(name[3:-1]), seconds=clip_seconds,
+                                                width=clip_size[0], height=clip_size[1])
+        else:
+            raise ValueError(f"unknown set {name!r}: use 'sample' or 'key<seconds>s'")
+    results = []
+    for name, paths in video_sets.items():
+        loaders = {
+            "ours (R=1)": make_ours(paths, 1, img_size),
+            "ours (R=2)": make_ours(paths, 2, img_size),
+            "decode bound (R=1)": make_decode_bound(paths, 1),
+            "decode bound (R=2)": make_decode_bound(paths, 2),
+        }
+        if pytorchvideo_dir is not None:
+            loaders["pytorchvideo 0.1.5"] = make_pytorchvideo(paths, img_size, pytorchvideo_dir, clip_dir)
+        rates = time_loaders(loaders, items, runs, warmup)
+        row: dict = {"set": name, "videos": len(paths)}
+        row.update({loader_name: summarise(r) for loader_name, r in rates.items()})
+        row["bound / ours (R=1)"] = median_ratio(rates["decode bound (R=1)"], rates["ours (R=1)"])
+        row["bound / ours (R=2)"] = median_ratio(rates["decode bound (R=2)"], rates["ours (R=2)"])
+        if "pytorchvideo 0.1.5" in rates:
+            row["ours / pytorchvideo"] = median_ratio(rates["ours (R=1)"], rates["pytorchvideo 0.1.5"])
+            row["ours R=2 / pytorchvideo"] = median_ratio(rates["ours (R=2)"], rates["pytorchvideo 0.1.5"])
+        results.append(row)
+    return results
+
+
+def format_table(results: list[dict]) -> str:
+    names = [k for k in results[0] if isinstance(results[0][k], dict)]
+    lines = ["| set | " + " | ".join(names) + f" | ours / pytorchvideo (target >= {TARGET_VS_PYTORCHVIDEO:g}) "
+             f"| bound / ours R=1 (target <= {TARGET_VS_BOUND:g}) | bound / ours R=2 |",
+             "|---" * (len(names) + 4) + "|"]
+    for row in results:
+        cells = [f"{row[n]['pairs_per_s']:.1f} ({row[n]['min']:.1f}-{row[n]['max']:.1f})" for n in names]
+        ratio = "n/a"
+        if "ours / pytorchvideo" in row:
+            ratio = f"{row['ours / pytorchvideo']:.2f}x (R=2: {row['ours R=2 / pytorchvideo']:.2f}x)"
+        lines.append(f"| {row['set']} ({row['videos']} videos) | " + " | ".join(cells) +
+                     f" | {ratio} | {row['bound / ours (R=1)']:.2f}x | {row['bound / ours (R=2)']:.2f}x |")
+    return "\n".join(lines)
+
+
+def install_pytorchvideo(folder: Path) -> None:
+    """pip install --no-deps --target folder: pytorchvideo and its few pure-Python needs, never torch."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(folder),
+                    "-r", str(PYTORCHVIDEO_REQUIREMENTS)], check=True)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=40, help="items (videos) loaded per timed run")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--clip-dir", type=Path, default=REPO / "outputs" / "bench-data-clips",
+                        help="where the generated clips are cached")
+    parser.add_argument("--pytorchvideo-dir", type=Path, default=PYTORCHVIDEO_DIR,
+                        help="folder holding pytorchvideo 0.1.5 (pip --target)")
+    parser.add_argument("--install-pytorchvideo", action="store_true", help="install it there first")
+    parser.add_argument("--no-pytorchvideo", action="store_true", help="leave pytorchvideo out")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one core")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    if args.install_pytorchvideo:
+        install_pytorchvideo(args.pytorchvideo_dir)
+    ptv_dir = None if args.no_pytorchvideo else args.pytorchvideo_dir
+    if ptv_dir is not None and not (ptv_dir / "pytorchvideo").is_dir():
+        print(f"pytorchvideo not found in {ptv_dir}: left out (install with --install-pytorchvideo)")
+        ptv_dir = None
+    core = None if args.no_pin else pin_to_one_core()
+    print(f"pairs/s per worker: median of {args.runs} runs of {args.items} items after {args.warmup} warm-up; "
+          f"{'core ' + str(core) if core is not None else 'unpinned'}, 1 decoding thread, PyAV {av.__version__}")
+    results = run_benchmark(args.items, args.runs, args.warmup, clip_dir=args.clip_dir, img_size=args.img_size,
+                            pytorchvideo_dir=ptv_dir)
+    print(format_table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

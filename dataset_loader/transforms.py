@@ -1,0 +1,120 @@
+"""Paired augmentation: one random resized crop and one flip per pair, applied to both frames.
+
+Crop and resize happen in one PIL call on uint8 frames (`Image.resize(box=...)`, antialiased
+bilinear); normalisation is one vectorised step on the stacked output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class CropParams:
+    """A crop box in pixels of the source frame, and whether to mirror the result."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(left, upper, right, lower), as PIL wants it."""
+        return self.left, self.top, self.left + self.width, self.top + self.height
+
+
+_SCALE = (1.0 / (255.0 * torch.tensor(IMAGENET_STD))).view(1, 3, 1, 1)  # (x / 255 - mean) / std = x * scale + bias
+_BIAS = (-torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).view(1, 3, 1, 1)
+
+
+def normalize(frames: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB -> contiguous (N, 3, H, W) float, normalised with the ImageNet mean and std."""
+    x = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).float()
+    return x.mul_(_SCALE).add_(_BIAS)
+
+
+def denormalize(t: torch.Tensor) -> torch.Tensor:
+    """Undo `normalize` on (3, H, W) or (..., 3, H, W): values back in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=t.dtype, device=t.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=t.dtype, device=t.device).view(3, 1, 1)
+    return (t * std + mean).clamp(0.0, 1.0)
+
+
+class PairedTransform:
+    """Random resized crop (area `scale`, aspect `ratio`) + horizontal flip, the same for every frame of a group.
+
+    With `augment=False`: resize the short side to `img_size` and take the centre square (no flip).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        scale: tuple[float, float] = (0.5, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_prob: float = 0.5,
+        augment: bool = True,
+    ) -> None:
+        if img_size < 1:
+            raise ValueError(f"img_size must be positive, got {img_size}")
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+        if not 0 <= flip_prob <= 1:
+            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        self.img_size = img_size
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self.flip_prob = flip_prob
+        self.augment = augment
+
+    def sample_params(self, height: int, width: int, rng: np.random.Generator) -> CropParams:
+        """The crop and flip for one group of frames of size (height, width)."""
+        if not self.augment:
+            side = min(height, width)
+            return CropParams((height - side) // 2, (width - side) // 2, side, side, False)
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        flip = bool(rng.random() < self.flip_prob)
+        for _ in range(10):
+            target_area = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(rng.integers(0, height - h + 1))
+                left = int(rng.integers(0, width - w + 1))
+                return CropParams(top, left, h, w, flip)
+        # no valid box in 10 tries (extreme frame shape): the largest centred box within the ratio range
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            w, h = int(round(height * self.ratio[1])), height
+        else:
+            w, h = width, height
+        return CropParams((height - h) // 2, (width - w) // 2, h, w, flip)
+
+    def apply(self, frame: np.ndarray, params: CropParams) -> np.ndarray:
+        """Crop, resize to (img_size, img_size) and maybe flip one (H, W, 3) uint8 frame."""
+        size = (self.img_size, self.img_size)
+        out = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR, box=params.box))
+        return out[:, ::-1] if params.flip else out
+
+    def __call__(self, frames: list[np.ndarray], rng: np.random.Generator) -> torch.Tensor:
+        """One crop and flip for all `frames`: (N, 3, img_size, img_size) normalised."""
+        params = self.sample_params(*frames[0].shape[:2], rng)
+        return normalize(np.stack([self.apply(f, params) for f in frames]))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(img_size={self.img_size}, scale={self.scale}, ratio={self.ratio}, "
+                f"flip_prob={self.flip_prob}, augment={self.augment})")

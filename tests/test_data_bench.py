@@ -1,0 +1,26 @@
+"""The data-loading benchmark runs end to end at a tiny size (speed figures come from `python -m bench.bench_data`)."""
+
+from __future__ import annotations
+
+from bench.bench_data import format_table, make_bench_clips, run_benchmark
+from dataset_loader import VideoReader
+
+
+def test_bench_clips_have_the_asked_keyframe_interval(tmp_path):
+    (path,) = make_bench_clips(tmp_path, keyframe_seconds=0.2, seconds=1.0, fps=30, width=64, height=48, count=1)
+    with VideoReader(path) as video:
+        assert video.num_frames == 30 and video.fps == 30 and (video.width, video.height) == (64, 48)
+        keyframes = [video.index_of(f.pts) for f in video.container.decode(video.stream) if f.key_frame]
+    assert keyframes == [0, 6, 12, 18, 24]
+
+
+def test_bench_runs_at_a_tiny_size(tmp_path):
+    results = run_benchmark(items=2, runs=1, warmup=0, clip_seconds=0.5, clip_dir=tmp_path, img_size=32,
+                            pytorchvideo_dir=None, sets=("key1s",), clip_size=(64, 48))
+    (row,) = results
+    assert row["set"] == "key1s" and row["videos"] == 4
+    for name in ("ours (R=1)", "ours (R=2)", "decode bound (R=1)", "decode bound (R=2)"):
+        assert row[name]["pairs_per_s"] > 0 and row[name]["runs"] == 1
+    assert row["bound / ours (R=1)"] > 0
+    table = format_table(results)
+    assert table.count("\n") == 2 and "key1s (4 videos)" in table
