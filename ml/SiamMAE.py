@@ -328,6 +328,7 @@ def create_model(arch: str, pretrained: str | os.PathLike | None = None, **overr
     if unknown:
         raise ValueError(f"unknown SiamMAE argument(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid_args))}")
     model = SiamMAE(**{**SIAMMAE_PRESETS[arch], **overrides})
+    model.arch, model.model_kwargs = arch, dict(overrides)  # what a checkpoint needs to rebuild it
     if pretrained is not None:
         report = load_mae_encoder(model, pretrained)
         print(f"{arch}: encoder from {pretrained}: {report}")
