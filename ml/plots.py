@@ -1,0 +1,416 @@
+"""Figures of the notebook: sampled pairs, reconstructions, loss curves, attention maps.
+
+Every function returns a matplotlib Figure (nothing is shown or written implicitly); `save_figure`
+writes one as a PNG. Frames come in as the model sees them (ImageNet-normalised (3, H, W) tensors)
+and are un-normalised for display.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+PANEL_INCHES = 2.4  # side of one image panel
+DPI = 100
+
+
+# ---------------------------------------------------------------- helpers
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
+    """Write `fig` as a PNG at `path` (folders created); its pixel size is the figure size times `dpi`."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"figures are saved as PNG: {path} should end in .png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png", facecolor="white")
+    return path
+
+
+def to_display_image(frame: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A frame as an (H, W, 3) float array in [0, 1] for imshow.
+
+    Accepts an ImageNet-normalised float tensor (3, H, W) (or (1, 3, H, W)) or a uint8 array (H, W, 3).
+    """
+    if isinstance(frame, np.ndarray):
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+            raise ValueError(f"a numpy frame must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+        return frame.astype(np.float32) / 255.0
+    x = frame.detach().cpu().float()
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"expected a frame (3, H, W), got shape {tuple(frame.shape)}")
+    x = x * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    return x.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def to_model_input(frame: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """An ImageNet-normalised float tensor (3, H, W) from a normalised tensor or a uint8 (H, W, 3) array."""
+    if isinstance(frame, np.ndarray):
+        rgb = torch.from_numpy(to_display_image(frame)).permute(2, 0, 1)  # (3, H, W) in [0, 1]
+        return (rgb - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = frame.detach().float()
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"expected a frame (3, H, W), got shape {tuple(frame.shape)}")
+    return x
+
+
+def _show(ax: Any, image: np.ndarray, title: str) -> None:
+    ax.imshow(image, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _frames_of(sample: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(sample, dict):
+        if "f1" not in sample or "f2" not in sample:
+            raise ValueError("a sample dict needs the keys 'f1' and 'f2'")
+        f1, f2 = sample["f1"], sample["f2"]
+    elif isinstance(sample, (tuple, list)) and len(sample) == 2:
+        f1, f2 = sample
+    else:
+        raise ValueError("a sample is a pair (f1, f2) or a dict with 'f1' and 'f2'")
+    f1, f2 = to_model_input(f1), to_model_input(f2)
+    if f1.shape != f2.shape:
+        raise ValueError(f"the two frames differ in shape: {tuple(f1.shape)} vs {tuple(f2.shape)}")
+    return f1, f2
+
+
+def _resize_to(frame: torch.Tensor, size: int) -> torch.Tensor:
+    if frame.shape[-2:] == (size, size):
+        return frame
+    return F.interpolate(frame[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+# ---------------------------------------------------------------- reconstructions
+@torch.no_grad()
+def reconstruct(model: torch.nn.Module, f1: torch.Tensor, f2: torch.Tensor, seed: int = 0) -> dict[str, Any]:
+    """Run SiamMAE on one pair with a fixed mask and return the images to show, all (3, H, W) normalised.
+
+    Keys: `loss` (float), `norm_pix_loss` (bool), `mask` (h*w,) 1 = masked, `visible` (f2 with masked patches blanked),
+    `reconstruction` (the prediction for every patch, back in image space), `pasted` (visible patches of
+    f2 with the prediction in the masked ones). Frames are resized to the model's `img_size` if needed.
+    """
+    device = next(model.parameters()).device
+    size = int(getattr(model, "img_size", f2.shape[-1]))
+    f1 = _resize_to(f1, size)[None].to(device)  # (1, 3, H, W)
+    f2 = _resize_to(f2, size)[None].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)  # the same mask every time this pair is plotted
+            loss, pred, mask = model(f1, f2)  # pred (1, L, p*p*3), mask (1, L)
+    finally:
+        model.train(was_training)
+    encoder = model.encoder
+    p = encoder.patch_size
+    grid = (f2.shape[-2] // p, f2.shape[-1] // p)
+    target = encoder.patchify(f2)  # (1, L, p*p*3)
+    norm_pix_loss = bool(getattr(model, "norm_pix_loss", False))
+    if norm_pix_loss:
+        # the prediction is in per-patch normalised space: map it back with each target patch's statistics
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        pred = pred * (var + 1.0e-6) ** 0.5 + mean
+    reconstruction = encoder.unpatchify(pred.float(), grid)  # (1, 3, H, W)
+    mask_image = encoder.unpatchify(mask.float().unsqueeze(-1).expand(-1, -1, p * p * 3), grid)  # 1 = masked
+    visible = f2 * (1 - mask_image) + _blank_like(f2) * mask_image
+    pasted = f2 * (1 - mask_image) + reconstruction * mask_image
+    return {
+        "loss": float(loss), "norm_pix_loss": norm_pix_loss, "mask": mask[0].cpu(),
+        "f1": f1[0].cpu(), "f2": f2[0].cpu(), "visible": visible[0].cpu(),
+        "reconstruction": reconstruction[0].cpu(), "pasted": pasted[0].cpu(),
+    }
+
+
+def _blank_like(frame: torch.Tensor) -> torch.Tensor:
+    """A mid-grey image in normalised space (how masked patches are drawn)."""
+    grey = (0.5 - torch.tensor(IMAGENET_MEAN, device=frame.device)) / torch.tensor(IMAGENET_STD, device=frame.device)
+    return grey.view(1, 3, 1, 1).expand_as(frame)
+
+
+def _draw_row(axes: Sequence[Any], result: dict[str, Any], label: str | None = None) -> None:
+    kept = int((result["mask"] == 0).sum())
+    total = result["mask"].numel()
+    source = "\n(patch mean, std from f2)" if result["norm_pix_loss"] else ""
+    titles = ["f1 (past frame)", "f2 (future frame)", f"visible patches of f2\n({kept} of {total})",
+              f"reconstruction, loss {result['loss']:.3f}{source}", "reconstruction\n+ visible patches"]
+    for ax, key, title in zip(axes, ("f1", "f2", "visible", "reconstruction", "pasted"), titles):
+        _show(ax, to_display_image(result[key]), title)
+    if label:
+        axes[0].set_ylabel(label, fontsize=9)
+
+
+def plot_sample(sample: Any, model: torch.nn.Module, device: torch.device | str | None = None, seed: int = 0) -> Figure:
+    """One labelled row for a frame pair: f1, f2, the visible patches of f2 the model was given,
+    the reconstruction, and the reconstruction pasted into the visible patches.
+
+    `sample` is (f1, f2) or a dict with `f1`, `f2` (normalised tensors (3, H, W) or uint8 (H, W, 3)).
+    The mask is drawn from `seed`, so the figure is the same every time.
+    """
+    if device is not None:
+        model = model.to(device)
+    f1, f2 = _frames_of(sample)
+    result = reconstruct(model, f1, f2, seed=seed)
+    fig, axes = plt.subplots(1, 5, figsize=(5 * PANEL_INCHES, PANEL_INCHES + 0.8), layout="constrained")
+    _draw_row(axes, result, _sample_label(sample))
+    fig.suptitle(f"SiamMAE reconstruction of f2 from f1 at mask ratio {_mask_ratio(model):.0%}", fontsize=12)
+    return fig
+
+
+def _sample_label(sample: Any) -> str | None:
+    if not isinstance(sample, dict) or "video" not in sample:
+        return None
+    name = Path(str(sample["video"])).stem
+    if "split" in sample:
+        name = f"{sample['split']}: {name}"
+    if "gap_frames" in sample:
+        return f"{name}\ngap {sample['gap_frames']} frames"
+    return name
+
+
+def _mask_ratio(model: torch.nn.Module) -> float:
+    return float(getattr(model, "mask_ratio", 0.95))
+
+
+def load_checkpoint_model(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A SiamMAE from a project checkpoint file, or from `checkpoints/<name>/checkpoint-last.pth` given a run name."""
+    from ml.SiamMAE import prepare_model
+
+    return prepare_model(resolve_checkpoint(checkpoint)).to(device)  # the preset comes from the checkpoint
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike, checkpoints_dir: str | os.PathLike = "checkpoints") -> Path:
+    """A checkpoint file: the path itself, a run folder's checkpoint-last.pth, or a run name under `checkpoints_dir`."""
+    path = Path(checkpoint)
+    candidates = [path, path / "checkpoint-last.pth", Path(checkpoints_dir) / path / "checkpoint-last.pth"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no checkpoint at {checkpoint} (looked for {', '.join(str(c) for c in candidates)})")
+
+
+def plot_results_from_checkpoint(
+    checkpoint_name: str | os.PathLike,
+    data_loader: Iterable | None,
+    device: torch.device | str = "cpu",
+    samples_path: str | os.PathLike = "samples.pickle",
+) -> Figure:
+    """Load a checkpoint and plot one reconstruction row per pair of `samples_path`, with the loss of the
+    model on `data_loader` (e.g. the held-out loader; None to skip) in the title.
+
+    The loss is computed as training computes its held-out loss (`ml.train.evaluate_loss`, the same fixed
+    masks), so for the last checkpoint it is the last value of the run's test-loss log.
+    """
+    from ml.samples import load_samples
+    from ml.train import evaluate_loss
+
+    model = load_checkpoint_model(checkpoint_name, device)
+    samples = load_samples(samples_path)
+    rows = len(samples)
+    fig, axes = plt.subplots(rows, 5, figsize=(5 * PANEL_INCHES, rows * (PANEL_INCHES + 0.5) + 0.4),
+                             layout="constrained", squeeze=False)
+    for row, sample in enumerate(samples):
+        result = reconstruct(model, sample["f1"], sample["f2"], seed=row)
+        _draw_row(axes[row], result, _sample_label(sample))
+    path = resolve_checkpoint(checkpoint_name)
+    title = f"{path.parent.name}/{path.name}: reconstructions at mask ratio {_mask_ratio(model):.0%}"
+    if data_loader is not None:
+        title += f"; loss on the data loader {evaluate_loss(model, data_loader, device):.4f}"
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+# ---------------------------------------------------------------- loss curves
+def read_log_columns(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A whitespace-separated log with a `# name name ...` header line, as a dict of columns.
+
+    Lines logged again after a resume (the same epoch, and step for training logs) replace the earlier ones.
+    """
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    if not lines or not lines[0].startswith("#"):
+        raise ValueError(f"{path} has no header line (expected '# epoch step lr loss' or '# epoch loss')")
+    names = lines[0].lstrip("#").split()
+    rows: dict[tuple, list[float]] = {}
+    key_columns = [i for i, name in enumerate(names) if name in ("epoch", "step")]
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip() or line.startswith("#"):
+            continue
+        values = line.split()
+        if len(values) != len(names):
+            raise ValueError(f"{path}:{n}: {len(values)} values for {len(names)} columns {names}")
+        row = [float(v) for v in values]
+        key = tuple(row[i] for i in key_columns)
+        rows.pop(key, None)  # a line logged again replaces the earlier one, at its new place in the order
+        rows[key] = row
+    table = np.array(list(rows.values()), dtype=np.float64).reshape(-1, len(names))
+    return {name: table[:, i] for i, name in enumerate(names)}
+
+
+def _epoch_positions(epochs: np.ndarray) -> np.ndarray:
+    """x positions for per-iteration values: the n iterations of epoch e (counted from 1) spread over [e - 1, e)."""
+    x = epochs.astype(np.float64).copy()
+    for e in np.unique(epochs):
+        where = np.flatnonzero(epochs == e)
+        x[where] = e - 1 + np.arange(len(where)) / len(where)
+    return x
+
+
+def plot_losses(
+    prefixes: str | Sequence[str],
+    losses_dir: str | os.PathLike = "losses",
+    test_losses_dir: str | os.PathLike = "test_losses",
+) -> Figure:
+    """Training and held-out loss curves of one or several runs (logs `<dir>/<prefix>.txt`, epochs counted from 1).
+
+    Left: the training loss of every iteration (faint) and its running mean. Right: per epoch, the mean
+    training loss (solid) and the held-out loss (dashed), where one was logged.
+    """
+    prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
+    if not prefixes:
+        raise ValueError("give at least one run prefix")
+    fig, (ax_iter, ax_epoch) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, prefix in enumerate(prefixes):
+        colour = colours[k % len(colours)]
+        path = Path(losses_dir) / f"{prefix}.txt"
+        if not path.is_file():
+            raise FileNotFoundError(f"no training log for run {prefix!r} at {path}")
+        log = read_log_columns(path)
+        if "loss" not in log or "epoch" not in log:
+            raise ValueError(f"{path} needs the columns 'epoch' and 'loss', has {list(log)}")
+        epochs, loss = log["epoch"], log["loss"]
+        x = _epoch_positions(epochs)
+        ax_iter.plot(x, loss, color=colour, alpha=0.25, linewidth=0.8)
+        window = max(1, min(50, len(loss) // 10))
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax_iter.plot(x[window - 1:], smooth, color=colour, linewidth=1.8, label=f"{prefix} (mean of {window})")
+        # epochs are counted from 1: an epoch's training mean sits at its end, where its held-out loss is measured
+        ends = np.unique(epochs)
+        means = [loss[epochs == e].mean() for e in ends]
+        ax_epoch.plot(ends, means, "o-", color=colour, label=f"{prefix} train")
+        test_path = Path(test_losses_dir) / f"{prefix}.txt"
+        if test_path.is_file():
+            test = read_log_columns(test_path)
+            if len(test.get("loss", ())):
+                ax_epoch.plot(test["epoch"], test["loss"], "s--", color=colour, label=f"{prefix} held-out")
+    ax_iter.set(title="training loss per iteration", xlabel="epoch", ylabel="loss (MSE on masked patches)")
+    ax_epoch.set(title="mean loss per epoch: training and held-out", xlabel="epochs completed",
+                 ylabel="loss (MSE on masked patches)")
+    for ax in (ax_iter, ax_epoch):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    return fig
+
+
+# ---------------------------------------------------------------- attention maps
+def last_layer_cls_attention(model_or_encoder: torch.nn.Module, frame: torch.Tensor) -> torch.Tensor:
+    """The last encoder block's attention from the cls token to every patch: (heads, h, w), each map sums to <= 1."""
+    encoder = getattr(model_or_encoder, "encoder", model_or_encoder)
+    p = encoder.patch_size
+    x = to_model_input(frame)
+    H, W = (x.shape[-2] // p) * p, (x.shape[-1] // p) * p
+    if (H, W) != tuple(x.shape[-2:]):  # crop to whole patches
+        top, left = (x.shape[-2] - H) // 2, (x.shape[-1] - W) // 2
+        x = x[:, top:top + H, left:left + W]
+    device = next(encoder.parameters()).device
+    attn = encoder.get_last_selfattention(x[None].to(device))  # (1, heads, 1 + h*w, 1 + h*w)
+    return attn[0, :, 0, 1:].reshape(-1, H // p, W // p).float().cpu()  # (heads, h, w)
+
+
+def plot_attention_maps(
+    model_or_encoder: torch.nn.Module,
+    frame: torch.Tensor | np.ndarray,
+    ncols: int = 4,
+    title: str | None = None,
+    alpha: float = 0.6,
+) -> Figure:
+    """The last layer's cls-token attention of every head over `frame` (any size; cropped to whole patches).
+
+    First panel: the frame; then one panel per head, the attention map (normalised per head) upsampled
+    to the frame and drawn over it.
+    """
+    maps = last_layer_cls_attention(model_or_encoder, frame)  # (heads, h, w)
+    heads, h, w = maps.shape
+    encoder = getattr(model_or_encoder, "encoder", model_or_encoder)
+    p = encoder.patch_size
+    image = to_display_image(to_model_input(frame))
+    top, left = (image.shape[0] - h * p) // 2, (image.shape[1] - w * p) // 2
+    image = image[top:top + h * p, left:left + w * p]
+    up = F.interpolate(maps[:, None], size=(h * p, w * p), mode="nearest")[:, 0].numpy()  # (heads, H, W)
+    panels = heads + 1
+    ncols = max(1, min(ncols, panels))
+    nrows = math.ceil(panels / ncols)
+    aspect = (h * p) / (w * p)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * PANEL_INCHES, nrows * (PANEL_INCHES * aspect + 0.3) + 0.35),
+                             layout="constrained", squeeze=False)
+    axes = axes.ravel()
+    _show(axes[0], image, f"frame ({h * p}x{w * p})")
+    grey = image.mean(axis=-1)
+    for k in range(heads):
+        m = up[k]
+        m = (m - m.min()) / (m.max() - m.min() + 1e-12)
+        ax = axes[k + 1]
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(m, cmap="inferno", alpha=alpha, vmin=0, vmax=1)
+        ax.set_title(f"head {k + 1}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[panels:]:
+        ax.axis("off")
+    fig.suptitle(title or f"last-layer [CLS] attention per head ({h}x{w} patches of {p}x{p})", fontsize=12)
+    return fig
+
+
+# ---------------------------------------------------------------- sampled pairs
+def plot_pairs(dataset: Any, n: int = 4, pairs_per_row: int = 2, start: int = 0) -> Figure:
+    """A grid of `n` sampled pairs (f1 next to f2), titled with the video and the gap between the frames.
+
+    Uses `dataset.describe(i)` for i in start .. start + n - 1 (wrapping around the dataset).
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+    pairs_per_row = max(1, min(pairs_per_row, n))
+    nrows = math.ceil(n / pairs_per_row)
+    fig, axes = plt.subplots(nrows, 2 * pairs_per_row, figsize=(2 * pairs_per_row * PANEL_INCHES,
+                             nrows * (PANEL_INCHES + 0.5) + 0.35), layout="constrained", squeeze=False)
+    for k in range(nrows * pairs_per_row):
+        row, col = divmod(k, pairs_per_row)
+        ax1, ax2 = axes[row, 2 * col], axes[row, 2 * col + 1]
+        if k >= n:
+            ax1.axis("off")
+            ax2.axis("off")
+            continue
+        info = _first_pair(dataset.describe((start + k) % len(dataset)))
+        i, j = info["indices"]
+        name = Path(str(info["video"])).stem
+        _show(ax1, to_display_image(info["f1"]), f"{name}\nf1: frame {int(i)}")
+        _show(ax2, to_display_image(info["f2"]),
+              f"gap {int(info['gap_frames'])} frames ({float(info['gap_seconds']):.2f} s)\nf2: frame {int(j)}")
+    fig.suptitle("sampled frame pairs (f1, f2) and the gap between them", fontsize=12)
+    return fig
+
+
+def _first_pair(info: dict) -> dict:
+    """`describe` of a dataset with repeated sampling lists R pairs: keep the first one."""
+    if isinstance(info["f1"], torch.Tensor) and info["f1"].ndim == 4:  # (R, 3, H, W)
+        return {**info, "f1": info["f1"][0], "f2": info["f2"][0], "indices": info["indices"][0],
+                "gap_frames": info["gap_frames"][0], "gap_seconds": info["gap_seconds"][0]}
+    return info
