@@ -8,13 +8,12 @@ STAMP  := $(VENV)/.installed
 OUT    ?= outputs/demo
 TESTS  ?= tests
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo notebook bench clean
 
 setup: $(STAMP)
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	@if $(PY) -m pip list 2>/dev/null | grep -qi '^nvidia-'; then \
 		echo "note: CUDA packages present in $(VENV) (expected only on a CUDA machine)"; fi
@@ -28,6 +27,9 @@ test: setup lint
 
 demo: setup
 	$(PY) -m ml.demo --output $(OUT)
+
+notebook: setup
+	$(VENV)/bin/jupyter lab SiamMAE.ipynb
 
 bench: setup
 	$(PY) -m bench.run_all
