@@ -276,7 +276,7 @@ def run_benchmark(
 def format_table(results: list[dict]) -> str:
     names = [k for k in results[0] if isinstance(results[0][k], dict)]
     lines = ["| set | " + " | ".join(names) + f" | ours / pytorchvideo (target >= {TARGET_VS_PYTORCHVIDEO:g}) "
-             f"| bound / ours R=1 (target <= {TARGET_VS_BOUND:g}) | bound / ours R=2 |",
+             f"| time ours / bound R=1 (target <= {TARGET_VS_BOUND:g}) | time ours / bound R=2 |",
              "|---" * (len(names) + 4) + "|"]
     for row in results:
         cells = [f"{row[n]['pairs_per_s']:.1f} ({row[n]['min']:.1f}-{row[n]['max']:.1f})" for n in names]

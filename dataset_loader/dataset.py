@@ -305,7 +305,7 @@ class KineticsFramePairs(Dataset):
         return int(index), (0 if self.fixed_pairs else int(epoch))
 
     def _split_pairs(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f1, f2 = frames[0::2], frames[1::2]  # (R, 3, S, S) each
+        f1, f2 = frames[0::2].contiguous(), frames[1::2].contiguous()  # (R, 3, S, S) each
         return (f1[0], f2[0]) if self.repeated_sampling == 1 else (f1, f2)
 
     def _load(self, index: int, epoch: int) -> tuple[torch.Tensor, dict]:
