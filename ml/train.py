@@ -320,15 +320,6 @@ def _open_log(path: Path, header: str, keep_epochs: int) -> TextIO:
     return open(path, "a", buffering=1)  # line-buffered: every line reaches the file as it is written
 
 
-def read_loss_log(path: str | os.PathLike) -> list[tuple[float, ...]]:
-    """The rows of a loss log as tuples of numbers (header skipped)."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            rows.append(tuple(float(v) for v in line.split()))
-    return rows
-
-
 # ---------------------------------------------------------------- resuming
 def resolve_resume(paths: RunPaths, run: TrainConfig, resume: str | os.PathLike | None) -> Path | None:
     """The checkpoint to start from, or None for a fresh run; a clear error when the folder holds another run.

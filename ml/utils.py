@@ -23,7 +23,6 @@ from ml.train import (  # noqa: F401
     evaluate_loss,
     make_test_loader,
     make_train_loader,
-    read_loss_log,
     train,
     train_one_epoch,
 )

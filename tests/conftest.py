@@ -44,6 +44,12 @@ def read_frames(path: Path, indices: list[int], size: int = 224) -> torch.Tensor
     return torch.stack([out[i] for i in indices])
 
 
+def log_rows(path: Path) -> list[tuple[float, ...]]:
+    """Every data row of a loss log as numbers, duplicates included (the raw file, not a cleaned view)."""
+    lines = Path(path).read_text().splitlines()
+    return [tuple(float(v) for v in line.split()) for line in lines if line.strip() and not line.startswith("#")]
+
+
 @pytest.fixture(scope="session")
 def davis_mini() -> Path:
     if not DAVIS_MINI.is_dir():

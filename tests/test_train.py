@@ -33,12 +33,11 @@ from ml.train import (
     main,
     make_test_loader,
     make_train_loader,
-    read_loss_log,
     resolve_precision,
     train,
     train_one_epoch,
 )
-from tests.conftest import SAMPLE_DIR
+from tests.conftest import SAMPLE_DIR, log_rows
 
 CPU = torch.device("cpu")
 
@@ -283,9 +282,9 @@ def test_resumed_run_reproduces_every_loss_exactly(tmp_path) -> None:
         a = (tmp_path / "straight" / log).read_text()
         b = (tmp_path / "resumed" / log).read_text()
         assert a == b, log  # every loss, bit for bit, and no line twice
-    rows = read_loss_log(tmp_path / "straight" / "losses" / "quick.txt")
+    rows = log_rows(tmp_path / "straight" / "losses" / "quick.txt")
     assert [int(r[1]) for r in rows] == list(range(6)) and [int(r[0]) for r in rows] == [1, 1, 2, 2, 3, 3]
-    assert len(read_loss_log(tmp_path / "straight" / "test_losses" / "quick.txt")) == 3
+    assert len(log_rows(tmp_path / "straight" / "test_losses" / "quick.txt")) == 3
 
     # learning rate per iteration against the formula: warm-up of 1 epoch = 2 steps, then cosine to 0
     lrs = [r[2] for r in rows]
@@ -338,7 +337,7 @@ def test_loss_falls_on_the_sample_videos(tmp_path) -> None:
     train(model, make_train_loader(cfg), cfg.epochs, cfg.prefix, cfg.num_epochs_per_save, CPU, config=cfg,
           test_loader=None, progress=False)
     after = evaluate_loss(model, held_out, CPU)
-    losses = [r[3] for r in read_loss_log(tmp_path / "losses" / "quick.txt")]
+    losses = [r[3] for r in log_rows(tmp_path / "losses" / "quick.txt")]
     assert len(losses) == 12
     assert after < 0.85 * before, (before, after)  # about 1.30 -> 0.97 (no change at lr 1e-6)
     assert np.mean(losses[-6:]) < 0.9 * np.mean(losses[:4]), losses
@@ -358,7 +357,7 @@ def test_train_with_the_notebook_signature_alone(tmp_path) -> None:
     assert (stored.batch_size, stored.repeated_sampling, stored.img_size) == (4, 2, 64)  # read from loader, model
     assert stored.lr == pytest.approx(1.5e-4 * 4 / 256) and stored.weight_decay == 0.05
     assert ckpt["arch"] == "siammae_tiny" and ckpt["model_kwargs"]["img_size"] == 64
-    assert len(read_loss_log(tmp_path / "losses" / "bare.txt")) == 2
+    assert len(log_rows(tmp_path / "losses" / "bare.txt")) == 2
 
 
 # ---------------------------------------------------------------- command line
@@ -386,7 +385,7 @@ def test_cli_help_and_bad_input(tmp_path, capsys) -> None:
     assert not (tmp_path / "out").exists()  # refused before any work
 
     assert main([*quick, "--no-progress"]) == 0
-    assert len(read_loss_log(tmp_path / "out" / "losses" / "quick.txt")) == 2
+    assert len(log_rows(tmp_path / "out" / "losses" / "quick.txt")) == 2
     fails(quick, "already holds this run's checkpoints", 1)
     fails([*quick, "--lr", "0.01"], "lr: 0.001 -> 0.01", 1)
     fails([*quick, "--lr", "0.01", "--resume", "auto"], "different run", 1)

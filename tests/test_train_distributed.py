@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from ml.train import read_loss_log
-from tests.conftest import REPO, SAMPLE_DIR
+from tests.conftest import REPO, SAMPLE_DIR, log_rows
 
 WORLD = 2
 TIMEOUT_S = 240
@@ -106,9 +105,9 @@ def test_two_process_gloo_run_keeps_ranks_in_step_and_only_rank0_writes(tmp_path
     assert len(ckpt["rng"]) == WORLD and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
 
     # 5 videos shared by 2 ranks -> 2 each -> one batch of 2 videos (4 pairs) per rank and epoch
-    rows = read_loss_log(out / "losses" / "quick.txt")
+    rows = log_rows(out / "losses" / "quick.txt")
     assert [(int(r[0]), int(r[1])) for r in rows] == [(1, 0), (2, 1)]
-    assert len(read_loss_log(out / "test_losses" / "quick.txt")) == 2
+    assert len(log_rows(out / "test_losses" / "quick.txt")) == 2
 
 
 def test_torchrun_command_line(tmp_path) -> None:
@@ -135,7 +134,7 @@ if os.environ.get("RANK", "0") != "0":
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "writes-rank1.txt").read_text().strip() == ""
-    assert [(int(r[0]), int(r[1])) for r in read_loss_log(out / "losses" / "quick.txt")] == [(1, 0)]
+    assert [(int(r[0]), int(r[1])) for r in log_rows(out / "losses" / "quick.txt")] == [(1, 0)]
     ckpt = torch.load(out / "checkpoints" / "quick" / "checkpoint-1.pth", weights_only=True)
     assert ckpt["world_size"] == 2 and ckpt["config"]["batch_size"] == 4
     assert "2 process(es)" in result.stdout and result.stdout.count("epoch 1/1") == 1  # rank 0 alone prints
