@@ -1,0 +1,170 @@
+"""The benchmarks run end to end at a tiny size (figures come from `make bench`, never from the tests).
+
+Training step (FLOP counting included), label propagation, cost on paper, and `bench.run_all`
+rewriting only its own sections of a BENCHMARKS.md; the data benchmark has its own tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench import bench_propagation, bench_train, run_all
+from bench.cost import PAPER_RECIPES, Recipe, cost_inputs, estimate_cost
+from bench.count_flops import forward_flops
+from ml.SiamMAE import create_model
+
+
+def test_attention_flops_are_counted_on_cpu():
+    """Attention on CPU tensors counts 2 matmuls forward, 4 backward: as on the meta device, where it runs as bmm."""
+    q = torch.randn(2, 3, 10, 8, requires_grad=True)
+    k, v = torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
+    with FlopCounterMode(display=False, custom_mapping=bench_train.attention_flop_formulas()) as counter:
+        F.scaled_dot_product_attention(q, k, v).sum().backward()
+    forward = 2 * 2 * 3 * 10 * 7 * (8 + 8)  # q @ k^T and p @ v, 2 FLOPs per multiply-add
+    assert counter.get_total_flops() == 3 * forward
+
+    torch.manual_seed(0)
+    model = create_model("siammae_tiny")
+    f1, f2 = torch.randn(2, 3, 112, 112), torch.randn(2, 3, 112, 112)
+    with torch.device("meta"):
+        meta_model = create_model("siammae_tiny")
+        meta_baseline = bench_train.VisibleAndMaskTokensSiamMAE(meta_model)
+    for cpu_module, meta_module in ((model, meta_model), (bench_train.VisibleAndMaskTokensSiamMAE(model),
+                                                          meta_baseline)):
+        with FlopCounterMode(display=False) as meta_counter:
+            meta_module(f1.to("meta"), f2.to("meta"))[0].backward()
+        assert bench_train.step_flops(cpu_module, f1, f2) == meta_counter.get_total_flops()
+
+
+def test_train_benchmark_rows_at_a_tiny_size():
+    rows = bench_train.run_benchmark(("siammae_tiny",), batch=2, runs=2, warmup=1)
+    ours, base = rows
+    assert (ours["variant"], base["variant"]) == (bench_train.VISIBLE_ONLY, bench_train.BASELINE)
+    for r in rows:
+        assert r["batch"] == 2 and r["runs"] == 2 and r["precision"] == "fp32"
+        assert 0 < r["step_s_min"] <= r["step_s_median"] <= r["step_s_max"]
+        assert r["pairs_per_s_min"] <= r["pairs_per_s"] <= r["pairs_per_s_max"]
+        assert 0 < r["utilisation_min"] <= r["utilisation"] <= r["utilisation_max"]
+        assert 0 < r["flop_op_time_share"] <= 1 and r["peak_matmul_gflops_median"] > 0
+    # a training step is forward + backward: about 3x the forward FLOPs (the input needs no gradient)
+    with torch.device("meta"):
+        forward = forward_flops(create_model("siammae_tiny"), 112, 0.95)["total"]
+    assert 2.5 < ours["gflop_per_pair"] * 1e9 / forward <= 3.0
+    # the baseline encodes all 49 patches of f2 instead of 2: more FLOPs for the same model
+    assert base["gflop_per_pair"] > 1.2 * ours["gflop_per_pair"]
+    assert base["baseline_over_siammae_step_time"] > 0
+    table = bench_train.format_table(rows)
+    assert table.count("\n| siammae_tiny |") == 2
+
+
+def test_train_benchmark_rejects_mismatched_batches():
+    with pytest.raises(ValueError, match="one batch size or one per preset"):
+        bench_train.run_benchmark(("siammae_tiny", "siammae_tiny", "siammae_tiny"), batch=(2, 4))
+
+
+def test_propagation_benchmark_at_a_tiny_size():
+    (row,) = bench_propagation.run_benchmark(arch="siammae_tiny", frames=3, frame_hw=(64, 112), runs=2,
+                                             use_davis_mini=False, isolate=False)
+    assert row["grid"] == [4, 7] and row["frame_size"] == [64, 112]
+    assert row["timed_frames"] == 2 * 2  # frames after the first, in each run
+    assert row["total_s_per_frame_min"] <= row["total_s_per_frame"] <= row["total_s_per_frame_max"]
+    assert row["encode_s_per_frame"] > 0 and row["propagate_s_per_frame"] > 0
+    assert row["peak_rss_mib"] >= row["rss_before_mib"] > 0
+    table = run_all.render_propagation([row])
+    assert "| generated 64x112, 3 frames | siammae_tiny, cpu" in table and "64x112 → 64x112 → 4x7" in table
+
+
+def _train_row(step_s: float = 2.0, batch: int = 8, gflop_per_pair: float = 70.0) -> dict:
+    return {"preset": "siammae_vit_small_patch16", "variant": bench_train.VISIBLE_ONLY, "batch": batch,
+            "step_s_median": step_s, "step_s_min": step_s * 0.9, "step_s_max": step_s * 1.2,
+            "gflop_per_pair": gflop_per_pair, "threads": 2}
+
+
+def test_cost_on_paper():
+    assert PAPER_RECIPES[0].steps_per_epoch == 480_000 // 2048  # 234: drop-last batches of 2048 pairs
+    cost = estimate_cost(_train_row(), {"key1s": 100.0, "key8s": 30.0}, mfus=(0.3, 0.4))
+    short, long = cost["recipes"]
+    assert long["total_flops"] == pytest.approx(5 * short["total_flops"])  # 2000 epochs against 400
+    assert short["total_flops"] == pytest.approx(234 * 400 * 2048 * 70e9)
+    assert short["cpu_hours"]["median"] == pytest.approx(234 * 400 * 2048 / 4.0 / 3600)  # 8 pairs in 2 s
+    assert short["cpu_hours"]["fastest"] < short["cpu_hours"]["median"] < short["cpu_hours"]["slowest"]
+    at30, at40 = short["gpu"]
+    assert at30["gpu_hours"] * 0.3 == pytest.approx(at40["gpu_hours"] * 0.4)
+    assert at30["gpu_hours"] == pytest.approx(short["total_flops"] / (989e12 * 0.3) / 3600)
+    assert [w["hours"] for w in at30["wall"]] == pytest.approx([at30["gpu_hours"], at30["gpu_hours"] / 8])
+    for feed in cost["gpu_feed"]:
+        assert feed["pairs_per_s_per_gpu"] == pytest.approx(989e12 * feed["mfu"] / 70e9)
+        for name, rate in {"key1s": 100.0, "key8s": 30.0}.items():
+            workers = feed["loader_workers_per_gpu"][name]
+            assert (workers - 1) * rate < feed["pairs_per_s_per_gpu"] <= workers * rate
+    with pytest.raises(ValueError, match="MFU"):
+        estimate_cost(_train_row(), {"key1s": 100.0}, mfus=(0.0,))
+    assert Recipe("x", epochs=1, videos=1000, batch=300).pairs == 6 * 300  # 2000 pairs, the last 200 dropped
+
+
+def test_cost_takes_the_visible_only_row_of_the_preset():
+    base = {**_train_row(step_s=5.0), "variant": bench_train.BASELINE}
+    tiny = {**_train_row(step_s=0.1), "preset": "siammae_tiny"}
+    data = [{"set": "sample", "ours (R=2)": {"pairs_per_s": 50.0}}]
+    row, rates = cost_inputs([tiny, base, _train_row()], data)
+    assert row == _train_row() and rates == {"sample": 50.0}
+    with pytest.raises(ValueError, match="no SiamMAE training-step row for siammae_vit_base_patch16"):
+        cost_inputs([tiny, base], data, "siammae_vit_base_patch16")
+
+
+def _block(text: str, name: str) -> str:
+    return text[text.index(f"<!-- bench:{name}:start -->"):text.index(f"<!-- bench:{name}:end -->")]
+
+
+def test_run_all_rewrites_only_its_sections(tmp_path):
+    out, results_dir = tmp_path / "BENCHMARKS.md", tmp_path / "results"
+    user_text = "Notes written by hand -- kept.\n"
+    out.write_text(run_all.TEMPLATE.replace("## 2. Training step", user_text + "\n## 2. Training step")
+                   .replace("<!-- bench:propagation:start -->\n", "<!-- bench:propagation:start -->\nstale\n"))
+
+    first = run_all.main(["--quick", "--output", str(out), "--results-dir", str(results_dir)])
+    text = out.read_text()
+    assert user_text in text and "stale" not in text
+    for name in ("data", "train", "propagation"):
+        block = _block(text, name)
+        assert "- Machine: " in block and "- Versions: python " in block and "torch " in block and "av " in block
+        assert "| siammae_tiny |" in block or name != "train"
+        # the embedded raw results read back as run, and the raw JSON files are written
+        assert run_all.read_section_results(text, name) == json.loads(json.dumps(first[name]["results"]))
+        assert (results_dir / f"{name}.json").is_file()
+    assert "not measured" in _block(text, "train")  # no GPU rows on a CPU machine
+    assert "Computed from `siammae_tiny`, not ViT-S/16" in _block(text, "cost")
+    assert "**Training step**" in _block(text, "summary") and "**Cost on paper**" in _block(text, "summary")
+
+    second = run_all.main(["--quick", "--only", "train", "--output", str(out), "--results-dir", str(results_dir)])
+    again = out.read_text()
+    for name in ("data", "propagation"):
+        assert _block(again, name) == _block(text, name)  # not re-run: kept as it was
+    assert user_text in again
+    new_row = second["train"]["results"][0]
+    cost = run_all.read_section_results(again, "cost")  # follows the new train figures
+    assert math.isclose(cost["cpu_pairs_per_s"]["median"], new_row["batch"] / new_row["step_s_median"])
+
+
+def test_run_all_refuses_broken_markers_and_quick_figures_in_the_committed_file(tmp_path):
+    out = tmp_path / "B.md"
+    broken = "# B\n<!-- bench:train:start -->\nold figures\n"
+    out.write_text(broken)
+    with pytest.raises(ValueError, match="section 'train'"):
+        run_all.main(["--quick", "--only", "train", "--output", str(out), "--results-dir", str(tmp_path)])
+    assert out.read_text() == broken
+    with pytest.raises(SystemExit):
+        run_all.main(["--quick"])
+
+
+def test_embedded_results_survive_comment_closers():
+    payload = {"meta": {}, "results": [{"name": "a --> b -- c", "x": 1.5}]}
+    text = run_all.replace_section(run_all.TEMPLATE, "train", run_all.results_comment("train", payload))
+    assert run_all.read_section_results(text, "train") == payload["results"]
+    assert text.count("-->") == run_all.TEMPLATE.count("-->") + 1
