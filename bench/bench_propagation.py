@@ -10,7 +10,7 @@ upsampling to the frame and argmax). Frames are decoded before timing, so disk a
 are not included. The process CPU time per frame and the load average are reported too: on a
 shared machine the wall clock also measures the other processes. Each figure is the median over
 every timed frame of every run, after a warm-up run; the first frame (encoded only) is left out.
-Memory: on CPU the peak resident set size of a fresh process (`resource.getrusage(...).ru_maxrss`)
+Memory: on CPU the peak resident set size of a fresh process (`VmHWM` of /proc/self/status)
 running only this benchmark, next to its size before the first frame (model and frames loaded);
 on CUDA `torch.cuda.max_memory_allocated`.
 The weights are a random initialisation: speed does not depend on their values.
@@ -22,7 +22,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -49,10 +48,15 @@ DAVIS_MINI = Path(os.environ.get("SIAMMAE_SHARED_DATA", REPO.parent / "shared" /
 DAVIS_2017_VAL_FRAMES = 1999  # 30 sequences
 
 
-def _rss_mib() -> float:
+def _rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident memory (`VmRSS`) or its high-water mark (`VmHWM`), in MiB.
+
+    `VmHWM` belongs to this process's own address space, unlike `ru_maxrss`, which a spawned child
+    inherits from its parent across exec.
+    """
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -156,8 +160,7 @@ def benchmark_sequence(
     }
     if dev.type == "cuda":
         result["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
-    # Linux reports ru_maxrss in KiB: the peak of this whole process
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mib"] = _rss_mib("VmHWM")
     result["projected_davis2017_val_hours"] = result["total_s_per_frame"] * DAVIS_2017_VAL_FRAMES / 3600
     return result
 

@@ -508,7 +508,12 @@ def _summary_data(data: list[dict]) -> str:
         limit += (f"; with a keyframe every 8 s ours gives {rates['key8s']:.0f} pairs/s against {rates['key1s']:.0f} "
                   f"with one every second ({rates['key1s'] / rates['key8s']:.1f}x), since a seek may land up to 8 s "
                   "before the wanted frames")
-    if not any("2 workers" in key for row in data for key in row):
+    two = [(r["set"], r[k]["pairs_per_s"], r["ours (R=1)"]["pairs_per_s"]) for r in data for k in r
+           if k.startswith("ours, DataLoader with 2 workers")]
+    if two:
+        parts.append("a DataLoader with 2 workers (2 cores, R=1) gives "
+                     + ", ".join(f"{t:.0f} pairs/s on {s} ({t / one:.2f}x one worker)" for s, t, one in two))
+    else:
         limit += ". Pairs/s with 2 workers: not measured (the data benchmark times one worker on one core)"
     return "**Data loading** (pairs/s per worker): " + "; ".join(parts) + ". " + limit + "."
 
@@ -590,21 +595,15 @@ def run_sections(sections: list[str], quick: bool, output: Path, results_dir: Pa
     runners = {"data": run_data, "train": run_train, "propagation": run_propagation}
     machine, vers, commit = machine_info(), versions(), git_commit()
     all_results = {}
-    # propagation first: its peak memory is read as ru_maxrss, which a spawned process inherits from this one
     for name in sorted((s for s in sections if s != "cost"), key=RUN_ORDER.index):
         print(f"\n=== {name} ===", flush=True)
-        own_peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         with LoadMonitor() as load, KeepAffinityAndThreads():
             results, command = runners[name](quick, results_dir)
         meta = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "commit": commit,
                 "machine": machine, "versions": vers, "load": load.as_dict(), "command": command,
                 "run_all_command": run_all_command, "quick": quick}
         render = {"data": render_data, "train": render_train, "propagation": render_propagation}[name]
-        note = ""
-        if name == "propagation" and not quick and any(r["peak_rss_mib"] <= own_peak_mib for r in results):
-            note = (f"\n\n**Peak RSS not trustworthy here**: a spawned process inherits its parent's `ru_maxrss`, and "
-                    f"this process had already peaked at {own_peak_mib:.0f} MiB.")
-        body = "\n".join(_meta_lines(meta)) + "\n\n" + render(results) + note + "\n\n" + results_comment(
+        body = "\n".join(_meta_lines(meta)) + "\n\n" + render(results) + "\n\n" + results_comment(
             name, {"meta": meta, "results": results})
         text = replace_section(text, name, body)
         write_text_atomic(output, text)  # each finished section is kept even if a later one fails
