@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from dataset_loader.dataset import KineticsFramePairs
+from dataset_loader.loader import make_pair_loader, set_loader_epoch
 from dataset_loader.random_temporal_subsample import RandomTemporalSubsample
 from dataset_loader.transforms import PairedTransform
 from dataset_loader.video import VideoReader
@@ -217,6 +218,37 @@ def median_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
+def loader_pairs_per_second(
+    paths: list[Path], img_size: int, num_workers: int, items: int, runs: int, warmup: int
+) -> list[float]:
+    """Pairs/s of the whole DataLoader (our dataset, `num_workers` worker processes), one epoch per run.
+
+    Unpinned for its duration (the workers inherit the process's CPU affinity), restored after.
+    """
+    pinned = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if pinned is not None:
+        os.sched_setaffinity(0, ALL_CORES)
+    try:
+        data = KineticsFramePairs(paths * -(-items // len(paths)), img_size=img_size)  # about `items` videos
+        loader = make_pair_loader(data, batch_size=4, num_workers=num_workers, seed=0, drop_last=False,
+                                  persistent_workers=num_workers > 0)
+        rates = []
+        for epoch in range(warmup + runs):
+            set_loader_epoch(loader, epoch)
+            start = time.perf_counter()
+            pairs = sum(f1.shape[0] for f1, _ in loader)
+            if epoch >= warmup:
+                rates.append(pairs / (time.perf_counter() - start))
+        del loader
+        return rates
+    finally:
+        if pinned is not None:
+            os.sched_setaffinity(0, pinned)
+
+
+ALL_CORES = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None  # before any pinning
+
+
 def pin_to_one_core() -> int | None:
     """Run on one CPU core (one worker's share); returns the core, None where affinity is unsupported."""
     torch.set_num_threads(1)
@@ -237,6 +269,7 @@ def run_benchmark(
     pytorchvideo_dir: Path | None = PYTORCHVIDEO_DIR,
     sets: tuple[str, ...] = ("sample", "key1s", "key8s"),
     clip_size: tuple[int, int] = (340, 256),
+    loader_workers: int = 2,
 ) -> list[dict]:
     """Pairs/s per worker of each loader on each set; `pytorchvideo_dir=None` leaves pytorchvideo out.
 
@@ -264,6 +297,9 @@ def run_benchmark(
         rates = time_loaders(loaders, items, runs, warmup)
         row: dict = {"set": name, "videos": len(paths)}
         row.update({loader_name: summarise(r) for loader_name, r in rates.items()})
+        if loader_workers:  # the whole loader, not per worker: what a training process gets from it
+            row[f"ours, DataLoader with {loader_workers} workers (R=1)"] = summarise(
+                loader_pairs_per_second(paths, img_size, loader_workers, items, runs, warmup))
         row["bound / ours (R=1)"] = median_ratio(rates["decode bound (R=1)"], rates["ours (R=1)"])
         row["bound / ours (R=2)"] = median_ratio(rates["decode bound (R=2)"], rates["ours (R=2)"])
         if "pytorchvideo 0.1.5" in rates:
