@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import random
 import statistics
@@ -35,6 +34,7 @@ import av
 import numpy as np
 import torch
 
+from bench import save_json
 from dataset_loader.dataset import KineticsFramePairs
 from dataset_loader.loader import make_pair_loader, set_loader_epoch
 from dataset_loader.random_temporal_subsample import RandomTemporalSubsample
@@ -358,9 +358,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = run_benchmark(args.items, args.runs, args.warmup, clip_dir=args.clip_dir, img_size=args.img_size,
                             pytorchvideo_dir=ptv_dir)
     print(format_table(results))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    save_json(args.json, results)
     return results
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import re
 import statistics
 import time
@@ -40,6 +39,7 @@ import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench import save_json
 from ml.SiamMAE import SiamMAE, create_model
 
 DEFAULT_PRESETS = ("siammae_tiny", "siammae_vit_small_patch16", "siammae_vit_base_patch16")
@@ -343,9 +343,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(format_table(results))
     print(f"\nPeak matmul ({results[0]['precision']}, {PEAK_MATMUL_SIZE}x{PEAK_MATMUL_SIZE}, sampled after every "
           f"timed step): median {results[0]['peak_matmul_gflops_median']:.0f} GFLOP/s.")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    save_json(args.json, results)
     return results
 
 

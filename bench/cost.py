@@ -24,6 +24,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench import save_json
+
 REPO = Path(__file__).resolve().parents[1]
 H100_BF16_DENSE_PEAK = 989e12  # FLOP/s: H100 SXM, bf16 tensor cores, dense (no sparsity), from NVIDIA's data sheet
 MFU_ASSUMPTIONS = (0.30, 0.40)  # model-FLOP utilisation a well-tuned ViT training run reaches: an assumption
@@ -194,9 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     cost = estimate_cost(*cost_inputs(train, data, args.preset), gpu_peak_flops=args.gpu_peak_tflops * 1e12,
                          mfus=tuple(args.mfu))
     print(format_cost(cost))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(cost, indent=2))
+    save_json(args.json, cost)
     return cost
 
 
