@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import mae  # noqa: F401  (first: makes torchvision importable for timm on a CPU-only torch)
+from ml.checkpoint import atomic_file
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
@@ -139,10 +140,8 @@ def replace_section(text: str, name: str, body: str) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path, "w") as f:
+        f.write(text)
 
 
 # ---------------------------------------------------------------- machine, versions, load

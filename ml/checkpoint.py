@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,19 @@ _NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")
 
 
 # ---------------------------------------------------------------- files
-def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write `state` to `path` atomically: a temporary file beside it, flushed to disk, then renamed.
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[Any]:
+    """Open a temporary file beside `path` for writing; on success flush it to disk and rename it over `path`.
 
-    If anything fails midway the temporary file is removed and `path` keeps its previous content.
+    If anything fails midway the temporary file is removed and `path` keeps its previous content
+    (or stays absent): a reader never sees a half-written file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_name = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename stays on one disk
     try:
-        with open(tmp_name, "wb") as f:
-            torch.save(dict(state), f)
+        with open(tmp_name, mode, **open_kwargs) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
@@ -44,7 +47,13 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
-    return path
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write `state` to `path` atomically (see `atomic_file`)."""
+    with atomic_file(path) as f:
+        torch.save(dict(state), f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

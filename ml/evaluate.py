@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import mae  # noqa: F401  (first: makes torchvision importable for timm on a CPU-only torch)
+from ml.checkpoint import atomic_file
 from ml.davis_metrics import VOID_LABEL, sequence_scores, statistics
 from ml.label_propagation import (
     FeatureExtractor,
@@ -101,10 +102,8 @@ def write_label_png(path: str | os.PathLike, ids: np.ndarray, palette: Sequence[
         raise ValueError(f"expected (H, W) ids in 0..255, got shape {ids.shape}")
     img = Image.fromarray(ids.astype(np.uint8), mode="P")
     img.putpalette(full_palette(palette))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{path}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        img.save(f, format="PNG")
 
 
 # ================================================================= datasets
@@ -361,10 +360,8 @@ class ResultStore:
 
 
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)  # atomic: a result file is complete or absent
+    with atomic_file(path, "w") as f:  # a result file is complete or absent
+        f.write(json.dumps(obj, indent=1))
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

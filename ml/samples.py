@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ml.checkpoint import atomic_file
+
 SAMPLES_FORMAT = "siammae-samples"
 SAMPLES_VERSION = 1
 # What numpy needs to rebuild an array (numpy 2 and numpy 1 module names, pickle protocols 3 to 5).
@@ -164,11 +166,8 @@ def build_samples(
         "source": root.as_posix(), "splits": list(splits), "seed": int(seed), "pairs": pairs,
     }
     if output is not None:
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(output.name + ".tmp")
-        tmp.write_bytes(pickle.dumps(content, protocol=4))
-        tmp.replace(output)  # never leaves a half-written file in place of a good one
+        with atomic_file(output) as f:  # never leaves a half-written file in place of a good one
+            f.write(pickle.dumps(content, protocol=4))
     return content
 
 

@@ -43,6 +43,7 @@ from dataset_loader.loader import make_pair_loader, set_loader_epoch
 from mae.pretrained import CheckpointError
 from ml.checkpoint import (
     LAST_NAME,
+    atomic_file,
     capture_rng_state,
     find_latest_checkpoint,
     load_checkpoint,
@@ -314,9 +315,8 @@ def _open_log(path: Path, header: str, keep_epochs: int) -> TextIO:
                 continue
             if epoch <= keep_epochs:
                 kept.append(line.rstrip("\n"))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(kept) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path, "w") as f:
+        f.write("\n".join(kept) + "\n")
     return open(path, "a", buffering=1)  # line-buffered: every line reaches the file as it is written
 
 
