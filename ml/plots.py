@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 
 PANEL_INCHES = 2.4  # side of one image panel
 DPI = 100
@@ -50,8 +50,7 @@ def to_display_image(frame: torch.Tensor | np.ndarray) -> np.ndarray:
         x = x[0]
     if x.ndim != 3 or x.shape[0] != 3:
         raise ValueError(f"expected a frame (3, H, W), got shape {tuple(frame.shape)}")
-    x = x * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    return x.clamp(0, 1).permute(1, 2, 0).numpy()
+    return denormalize(x).permute(1, 2, 0).numpy()
 
 
 def to_model_input(frame: torch.Tensor | np.ndarray) -> torch.Tensor:
