@@ -255,10 +255,13 @@ def init_linear_and_norm(m: nn.Module) -> None:
         nn.init.constant_(m.weight, 1.0)
 
 
+LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)  # MAE's and timm ViT's norm
+
+
 def _mae_vit(patch_size: int, embed_dim: int, depth: int, num_heads: int, **kwargs) -> MaskedAutoencoderViT:
     """An MAE ViT with the official decoder (512 wide, 8 deep, 16 heads) unless `kwargs` say otherwise."""
     kwargs = {"decoder_embed_dim": 512, "decoder_depth": 8, "decoder_num_heads": 16, "mlp_ratio": 4.0,
-              "norm_layer": partial(nn.LayerNorm, eps=1e-6), **kwargs}
+              "norm_layer": LayerNorm6, **kwargs}
     return MaskedAutoencoderViT(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads, **kwargs)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Mapping
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp  # importable: ml/__init__.py loaded mae's torchvision shim first
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
-from mae.models_mae import MAEEncoder, init_linear_and_norm
+from mae.models_mae import LayerNorm6, MAEEncoder, init_linear_and_norm
 from mae.pos_embed import get_2d_sincos_pos_embed, resize_pos_embed
 from mae.pretrained import (
     DECODER_PREFIXES,
@@ -36,7 +35,6 @@ from mae.pretrained import (
 )
 
 DECODER_TYPES = ("cross_self", "cross", "joint")
-LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)  # MAE's and timm ViT's norm
 
 
 # ----------------------------------------------------------------------------- decoder layers
