@@ -218,7 +218,8 @@ def plot_results_from_checkpoint(
     from ml.samples import load_samples
     from ml.train import evaluate_loss
 
-    model = load_checkpoint_model(checkpoint_name, device)
+    path = resolve_checkpoint(checkpoint_name)
+    model = load_checkpoint_model(path, device)
     samples = load_samples(samples_path)
     rows = len(samples)
     fig, axes = plt.subplots(rows, 5, figsize=(5 * PANEL_INCHES, rows * (PANEL_INCHES + 0.5) + 0.4),
@@ -226,7 +227,6 @@ def plot_results_from_checkpoint(
     for row, sample in enumerate(samples):
         result = reconstruct(model, sample["f1"], sample["f2"], seed=row)
         _draw_row(axes[row], result, _sample_label(sample))
-    path = resolve_checkpoint(checkpoint_name)
     title = f"{path.parent.name}/{path.name}: reconstructions at mask ratio {_mask_ratio(model):.0%}"
     if data_loader is not None:
         title += f"; loss on the data loader {evaluate_loss(model, data_loader, device):.4f}"
