@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import mae  # noqa: F401  (first: makes torchvision importable for timm on a CPU-only torch)
+from bench import sync_device
 from ml.evaluate import read_label_png, write_synthetic_davis
 from ml.label_propagation import (
     FeatureExtractor,
@@ -59,11 +60,6 @@ def _rss_mib(field: str = "VmRSS") -> float:
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def benchmark_sequence(
@@ -108,7 +104,7 @@ def benchmark_sequence(
 
     def one_run() -> tuple[list[float], list[float], list[float]]:
         encode_s, propagate_s, cpu_s = [], [], []
-        _sync(dev)
+        sync_device(dev)
         feats = extractor(frames[0][None])[0]
         grid = tuple(feats.shape[:2])
         propagator = LabelPropagator(feats, labels_to_grid(one_hot(ids, num_labels), grid).to(dev), config)
@@ -116,11 +112,11 @@ def benchmark_sequence(
             c0 = time.process_time()
             t0 = time.perf_counter()
             feats = extractor(frame[None])[0]
-            _sync(dev)
+            sync_device(dev)
             t1 = time.perf_counter()
             soft = propagator.step(feats)
             upsample_labels(soft, labels_hw).argmax(0).cpu()
-            _sync(dev)
+            sync_device(dev)
             t2 = time.perf_counter()
             encode_s.append(t1 - t0)
             propagate_s.append(t2 - t1)

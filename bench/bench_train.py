@@ -39,7 +39,7 @@ import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import save_json
+from bench import save_json, sync_device
 from ml.SiamMAE import SiamMAE, create_model
 
 DEFAULT_PRESETS = ("siammae_tiny", "siammae_vit_small_patch16", "siammae_vit_base_patch16")
@@ -129,11 +129,6 @@ def step_flops(module: nn.Module, f1: torch.Tensor, f2: torch.Tensor) -> int:
 # ---------------------------------------------------------------- timing
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class PeakMatmul:
     """Times a square (n x n) @ (n x n) matmul: the machine's practical peak FLOP/s at this moment."""
 
@@ -148,10 +143,10 @@ class PeakMatmul:
         """FLOP/s of the fastest of `repeats` matmuls."""
         best = float("inf")
         for _ in range(repeats):
-            _sync(self.device)
+            sync_device(self.device)
             t0 = time.perf_counter()
             self.a @ self.b
-            _sync(self.device)
+            sync_device(self.device)
             best = min(best, time.perf_counter() - t0)
         return 2 * self.n**3 / best
 
@@ -177,14 +172,14 @@ class Stepper:
     def step(self) -> tuple[float, float]:
         """-> seconds of forward + backward, seconds of the optimiser step."""
         device = self.f1.device
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         self.forward_backward()
-        _sync(device)
+        sync_device(device)
         t1 = time.perf_counter()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        _sync(device)
+        sync_device(device)
         return t1 - t0, time.perf_counter() - t1
 
 
@@ -192,10 +187,10 @@ def flop_counted_time(stepper: Stepper) -> tuple[float, float]:
     """One profiled forward + backward -> (seconds in FLOP-counted operations, their own time; wall seconds)."""
     device = stepper.f1.device
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         stepper.forward_backward()
-        _sync(device)
+        sync_device(device)
         wall = time.perf_counter() - t0
     stepper.opt.zero_grad(set_to_none=True)
     counted = sum(e.self_cpu_time_total for e in prof.key_averages() if FLOP_COUNTED_OPS.fullmatch(e.key)) / 1e6
