@@ -151,11 +151,6 @@ class PeakMatmul:
         return 2 * self.n**3 / best
 
 
-def peak_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = PEAK_MATMUL_SIZE, runs: int = 5) -> float:
-    """Measured FLOP/s of a square (n x n) @ (n x n) matmul, the fastest of `runs`."""
-    return PeakMatmul(device, dtype, n).sample(runs)
-
-
 class Stepper:
     """One module, its AdamW and its inputs: `step()` runs forward, backward and the optimiser."""
 
