@@ -18,6 +18,36 @@ from timm.models.vision_transformer import Block
 
 from mae.pos_embed import get_2d_sincos_pos_embed, resize_pos_embed
 
+NORM_PIX_EPS = 1.0e-6  # MAE's: added to the variance of a target patch
+
+
+def patch_statistics(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch mean and standard deviation of (N, L, p*p*C) patches, as MAE's norm-pix targets use them.
+
+    -> mean (N, L, 1), std (N, L, 1) with std = sqrt(unbiased variance + 1e-6).
+    """
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True)
+    return mean, (var + NORM_PIX_EPS) ** 0.5
+
+
+def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
+    """MAE's norm-pix targets: each patch minus its mean, over its standard deviation."""
+    mean, std = patch_statistics(patches)
+    return (patches - mean) / std
+
+
+def insert_mask_tokens(x: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    """(N, 1 + L_keep, D) cls + visible tokens -> (N, 1 + L, D) with `mask_token` in the removed places.
+
+    `ids_restore` (N, L) is what `random_masking` returned: it puts the shuffled order back.
+    """
+    N, L = ids_restore.shape
+    mask_tokens = mask_token.to(x.dtype).expand(N, L + 1 - x.shape[1], -1)
+    x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)  # (N, L, D), shuffled order
+    x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # unshuffle
+    return torch.cat([x[:, :1, :], x_], dim=1)  # cls first
+
 
 class MAEEncoder(nn.Module):
     """The encoder half of MAE: patch embedding, cls token, fixed position table, blocks, final norm.
@@ -115,14 +145,15 @@ class MAEEncoder(nn.Module):
         return x_kept, mask, ids_restore
 
     # ------------------------------------------------------------- encoder
-    def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
-        """(1, 1 + h*w, D) position table for a patch grid, resized from the training grid if needed."""
-        return resize_pos_embed(self.pos_embed, self.grid_size, grid)
+    def pos_embed_for(self, grid: tuple[int, int], mode: str = "size") -> torch.Tensor:
+        """(1, 1 + h*w, D) position table for a patch grid, resized from the training grid if needed
+        (`mode`: see `mae.pos_embed.resize_pos_embed`)."""
+        return resize_pos_embed(self.pos_embed, self.grid_size, grid, mode=mode)
 
-    def embed_patches(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_patches(self, imgs: torch.Tensor, pos_mode: str = "size") -> tuple[torch.Tensor, torch.Tensor]:
         """Patch tokens with position embeddings (N, h*w, D) and the cls position (1, 1, D)."""
         grid = self._grid_of(*imgs.shape[-2:])
-        pos = self.pos_embed_for(grid)
+        pos = self.pos_embed_for(grid, pos_mode)
         x = self.patch_embed(imgs) + pos[:, 1:, :]
         return x, pos[:, :1, :]
 
@@ -142,9 +173,12 @@ class MAEEncoder(nn.Module):
         x = torch.cat([cls, x], dim=1)  # (N, 1 + L_keep, D)
         return self.forward_blocks(x), mask, ids_restore
 
-    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
-        """The unmasked encoder at any size divisible by the patch size: (N, 1 + h*w, D), cls first."""
-        x, cls_pos = self.embed_patches(imgs)
+    def forward_features(self, imgs: torch.Tensor, pos_mode: str = "size") -> torch.Tensor:
+        """The unmasked encoder at any size divisible by the patch size: (N, 1 + h*w, D), cls first.
+
+        `pos_mode` says how the position table is resized to other grids ("size" or "dino").
+        """
+        x, cls_pos = self.embed_patches(imgs, pos_mode)
         cls = (self.cls_token + cls_pos).expand(x.shape[0], -1, -1)
         return self.forward_blocks(torch.cat([cls, x], dim=1))
 
@@ -215,11 +249,7 @@ class MaskedAutoencoderViT(MAEEncoder):
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """(N, 1 + L_keep, D) latent -> (N, L, p*p*C) predicted pixels (cls removed)."""
         x = self.decoder_embed(x)  # (N, 1 + L_keep, Dd)
-        N, L = ids_restore.shape
-        mask_tokens = self.mask_token.expand(N, L + 1 - x.shape[1], -1)
-        x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)  # (N, L, Dd), shuffled order
-        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # unshuffle
-        x = torch.cat([x[:, :1, :], x_], dim=1)  # (N, 1 + L, Dd)
+        x = insert_mask_tokens(x, self.mask_token, ids_restore)  # (N, 1 + L, Dd)
         x = x + self.decoder_pos_embed
         for blk in self.decoder_blocks:
             x = blk(x)
@@ -230,9 +260,7 @@ class MaskedAutoencoderViT(MAEEncoder):
         """Mean squared error on the removed patches; per-patch normalised targets with norm_pix_loss."""
         target = self.patchify(imgs)  # (N, L, p*p*C)
         if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
+            target = normalize_patches(target)
         loss = ((pred - target) ** 2).mean(dim=-1)  # (N, L) per patch
         return (loss * mask).sum() / mask.sum()
 

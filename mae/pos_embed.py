@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 
 
 def get_1d_sincos_pos_embed_from_grid(embed_dim: int, pos: np.ndarray) -> np.ndarray:
@@ -34,15 +35,37 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int], cl
     return pos
 
 
+POS_INTERPOLATIONS = ("size", "dino")
+
+
 def resize_pos_embed(
-    pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], num_prefix_tokens: int = 1
+    pos_embed: torch.Tensor,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    num_prefix_tokens: int = 1,
+    mode: str = "size",
 ) -> torch.Tensor:
-    """Bicubically resize the grid part of a (1, prefix + h*w, D) table to `new_grid` (as DINO does)."""
+    """Bicubically resize the grid part of a (1, prefix + h*w, D) table to `new_grid`.
+
+    mode "size": interpolate to exactly `new_grid` (timm's `resample_abs_pos_embed`, without
+    antialiasing so that the bicubic kernel is the standard one at every size).
+    mode "dino": DINO's `interpolate_pos_encoding`, which the CRW-family evaluation code of MAE
+    encoders uses: the scale factor is (new + 0.1) / old, so the sampling positions are
+    those of that slightly larger factor. Kept because published label-propagation numbers
+    come from it; timm has no such variant.
+    """
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
+    if mode == "size":
+        return resample_abs_pos_embed(pos_embed, list(new_grid), list(old_grid), num_prefix_tokens, antialias=False)
+    if mode != "dino":
+        raise ValueError(f"unknown position interpolation {mode!r}; valid: {', '.join(POS_INTERPOLATIONS)}")
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     dim = grid.shape[-1]
-    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)  # (1, D, h, w)
-    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False).to(pos_embed.dtype)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
+    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()  # (1, D, h, w)
+    scale = ((new_grid[0] + 0.1) / old_grid[0], (new_grid[1] + 0.1) / old_grid[1])
+    grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False)
+    if tuple(grid.shape[-2:]) != tuple(new_grid):
+        raise ValueError(f"DINO interpolation gave a {tuple(grid.shape[-2:])} grid for {tuple(new_grid)}")
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)
