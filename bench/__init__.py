@@ -1,6 +1,7 @@
 """Benchmarks (speed figures; never run by the test suite except as tiny smoke runs)."""
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -17,3 +18,15 @@ def sync_device(device: torch.device) -> None:
     """Wait for queued GPU work, so a timer read next measures it (nothing to wait for on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def read_section_results(text: str, name: str):
+    """The raw results embedded in section `name` of a BENCHMARKS.md text, None if it has none."""
+    payload = read_section_payload(text, name)
+    return None if payload is None else payload["results"]
+
+
+def read_section_payload(text: str, name: str) -> dict | None:
+    """{"meta": ..., "results": ...} embedded in section `name` of a BENCHMARKS.md text, None if absent."""
+    match = re.search(rf"<!-- bench:{re.escape(name)}:results (.*?) -->", text)
+    return None if match is None else json.loads(match.group(1))

@@ -81,7 +81,7 @@ def make_bench_clips(
     height: int = 256, count: int = 4,
 ) -> list[Path]:
     """H.264 clips of real footage (x264 defaults: crf 23, preset medium, B-frames) with a fixed keyframe interval."""
-    from tests.videos import encode_video
+    from dataset_loader.synthetic_videos import encode_video
 
     paths = []
     for source in CLIP_SOURCES[:count]:

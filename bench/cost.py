@@ -24,7 +24,9 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import save_json
+from bench import read_section_results, save_json
+from dataset_loader.dataset import KINETICS400_TRAIN_VIDEOS
+from ml.config import TrainConfig, get_preset
 
 REPO = Path(__file__).resolve().parents[1]
 H100_BF16_DENSE_PEAK = 989e12  # FLOP/s: H100 SXM, bf16 tensor cores, dense (no sparsity), from NVIDIA's data sheet
@@ -36,16 +38,28 @@ LOADER_VARIANT = "ours (R=2)"  # the recipe's repeated sampling 2
 
 @dataclass(frozen=True)
 class Recipe:
+    """A training preset of ml.config run over `videos` training videos (the step count training would take)."""
+
     name: str
-    epochs: int
-    videos: int = 240_000  # Kinetics-400 training videos, about
-    repeated_sampling: int = 2  # pairs per decoded video
-    batch: int = 2048  # frame pairs per optimiser step
+    preset: str
+    videos: int = KINETICS400_TRAIN_VIDEOS
+
+    @property
+    def config(self) -> TrainConfig:
+        return get_preset(self.preset)
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
+    def batch(self) -> int:
+        """Frame pairs per optimiser step (on any number of GPUs: the presets fix the total)."""
+        return self.config.effective_batch_size(self._world)
 
     @property
     def steps_per_epoch(self) -> int:
-        """Batches of `batch` pairs from `videos x repeated_sampling` pairs, the last partial one dropped."""
-        return self.videos * self.repeated_sampling // self.batch
+        return self.config.steps_per_epoch(self.videos, self._world)
 
     @property
     def steps(self) -> int:
@@ -55,8 +69,17 @@ class Recipe:
     def pairs(self) -> int:
         return self.steps * self.batch
 
+    @property
+    def _world(self) -> int:
+        """A process count the preset's batch divides (the paper's: 8 GPUs)."""
+        config = self.config
+        if config.total_batch_size is None:
+            return 1
+        return max(1, config.total_batch_size // config.batch_size)
 
-PAPER_RECIPES = (Recipe("ViT-S/16, 400 epochs", 400), Recipe("ViT-S/16, 2000 epochs", 2000))
+
+PAPER_RECIPES = (Recipe("ViT-S/16, 400 epochs", "paper_vit_s16_400"),
+                 Recipe("ViT-S/16, 2000 epochs", "paper_vit_s16_2000"))
 
 
 def estimate_cost(
@@ -187,8 +210,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.train is not None:
         train, data = json.loads(args.train.read_text()), json.loads(args.data.read_text())
     else:
-        from bench.run_all import read_section_results
-
         text = args.benchmarks.read_text()
         train, data = read_section_results(text, "train"), read_section_results(text, "data")
         if train is None or data is None:

@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import resource
 import shlex
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 import mae  # noqa: F401  (first: makes torchvision importable for timm on a CPU-only torch)
+from bench import read_section_payload, read_section_results  # noqa: F401  (tests read them here)
 from ml.checkpoint import atomic_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,18 +114,6 @@ def results_comment(name: str, payload: dict) -> str:
     # "--" may not appear inside an HTML comment: inside JSON it can only be in a string, where \u002d is the same
     text = json.dumps(payload, separators=(",", ":"), default=str).replace("--", "-\\u002d")
     return f"<!-- bench:{name}:results {text} -->"
-
-
-def read_section_results(text: str, name: str):
-    """The raw results embedded in section `name` of a BENCHMARKS.md text, None if it has none."""
-    payload = read_section_payload(text, name)
-    return None if payload is None else payload["results"]
-
-
-def read_section_payload(text: str, name: str) -> dict | None:
-    """{"meta": ..., "results": ...} embedded in section `name`, None if absent."""
-    match = re.search(rf"<!-- bench:{re.escape(name)}:results (.*?) -->", text)
-    return None if match is None else json.loads(match.group(1))
 
 
 def replace_section(text: str, name: str, body: str) -> str:

@@ -8,6 +8,7 @@ from .dataset import (
     LAYOUTS_HELP,
     BadVideoWarning,
     KineticsFramePairs,
+    NoReadableVideoError,
     denormalize,
     find_videos,
 )
@@ -17,7 +18,8 @@ from .transforms import PairedTransform
 from .video import VideoError, VideoReader
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "LAYOUTS_HELP", "BadVideoWarning", "KineticsFramePairs", "PairedTransform",
+    "IMAGENET_MEAN", "IMAGENET_STD", "LAYOUTS_HELP", "BadVideoWarning", "KineticsFramePairs", "NoReadableVideoError",
+    "PairedTransform",
     "RandomTemporalSubsample", "VideoError", "VideoReader", "denormalize", "find_videos", "make_pair_loader",
     "set_loader_epoch",
 ]

@@ -28,7 +28,8 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, PairedTransform, denormaliz
 from .video import VIDEO_EXTENSIONS, VideoError, VideoReader, VideoTooShortError
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "LAYOUTS_HELP", "BadVideoWarning", "KineticsFramePairs", "VideoList",
+    "IMAGENET_MEAN", "IMAGENET_STD", "LAYOUTS_HELP", "BadVideoWarning", "KineticsFramePairs", "NoReadableVideoError",
+    "VideoList",
     "denormalize", "find_videos",
 ]
 
@@ -42,6 +43,8 @@ LAYOUTS_HELP = """Layouts understood (ROOT is the folder passed as the data sour
   5. one split's folder as ROOT: ROOT/<class>/<video>.mp4 or ROOT/<video>.mp4
 Video files: """ + " ".join(VIDEO_EXTENSIONS)
 
+KINETICS400_TRAIN_VIDEOS = 240_000  # about: the training split of a full download (it varies with what is online)
+
 _SPLIT_ALIASES = {"val": ("val", "validate", "validation"), "validate": ("val", "validate", "validation"),
                   "validation": ("val", "validate", "validation")}
 _ALL_SPLITS = {"train", "val", "validate", "validation", "test", "trainval"}
@@ -49,6 +52,10 @@ _ALL_SPLITS = {"train", "val", "validate", "validation", "test", "trainval"}
 
 class BadVideoWarning(UserWarning):
     """A video was skipped because it cannot be read."""
+
+
+class NoReadableVideoError(ValueError):
+    """No video of a split can be read: training on it cannot start."""
 
 
 @dataclass
@@ -250,6 +257,7 @@ class KineticsFramePairs(Dataset):
         max_attempts: int = 100,
     ) -> None:
         found = find_videos(source, split)
+        self.source = str(source) if isinstance(source, (str, os.PathLike)) else f"a list of {len(source)} videos"
         if found.missing:
             warnings.warn(f"{len(found.missing)} of {len(found.missing) + len(found.paths)} videos listed in "
                           f"{found.layout} are not on disk (e.g. {found.missing[0]}); using the others",
@@ -323,6 +331,26 @@ class KineticsFramePairs(Dataset):
                 self._mark_bad(video, err)
         raise RuntimeError(f"no readable video found for item {index} after {self.max_attempts} tries "
                            f"({self.num_bad_files} of {len(self)} videos are unreadable)")
+
+    def check_readable(self, shown: int = 3) -> int:
+        """The index of the first video that opens and decodes a frame; NoReadableVideoError when none does.
+
+        Videos are tried in order until one reads, so a good data set costs one open. The error says
+        how many files were tried and why the first `shown` failed.
+        """
+        failures: list[str] = []
+        for i, path in enumerate(self.videos):
+            try:
+                with VideoReader(path, self.decode_threads) as reader:
+                    if reader.num_frames < 2:
+                        raise VideoError(f"{reader.num_frames} frame(s), a pair needs 2")
+                    reader.read([0])
+                return i
+            except (VideoError, av.FFmpegError, OSError, ValueError) as err:
+                failures.append(f"{path.name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        reasons = "; ".join(failures[:shown]) + ("; ..." if len(failures) > shown else "")
+        raise NoReadableVideoError(f"none of the {len(failures)} videos of split {self.split!r} ({self.layout}) can "
+                                   f"be read: {reasons}")
 
     def _mark_bad(self, video: int, err: Exception) -> None:
         if not self._bad[video]:

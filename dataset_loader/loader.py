@@ -14,6 +14,7 @@ resumed at an epoch boundary with the same seed sees exactly the same batches.
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -75,7 +76,13 @@ def collate_pairs(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seeds Python's and NumPy's global generators in a worker from its torch seed (base seed + worker id)."""
+    """Seeds Python's and NumPy's global generators in a worker from its torch seed (base seed + worker id).
+
+    Workers also ignore SIGINT and SIGTERM: a Ctrl-C or a scheduler's SIGTERM reaches the whole process
+    group, and the training process stops them itself after finishing its step.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

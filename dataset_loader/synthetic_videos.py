@@ -1,4 +1,4 @@
-"""Test videos encoded with PyAV, whose frames carry their own index as a barcode.
+"""Videos made for tests and benchmarks with PyAV: frames that carry their own index as a barcode, and any frames.
 
 Frame `i` shows `i` in binary as horizontal bands, most significant bit on top: a white band is a 1,
 a black band a 0. The bands span the full width, so the code survives any horizontal crop, a

@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp  # importable: ml/__init__.py loaded mae's torchvision shim first
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
-from mae.models_mae import LayerNorm6, MAEEncoder, init_linear_and_norm
+from mae.models_mae import LayerNorm6, MAEEncoder, init_linear_and_norm, insert_mask_tokens, normalize_patches
 from mae.pos_embed import get_2d_sincos_pos_embed, resize_pos_embed
 from mae.pretrained import (
     DECODER_PREFIXES,
@@ -151,14 +150,6 @@ class CrossDecoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(init_linear_and_norm)
 
-    def insert_mask_tokens(self, x2: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """(N, 1 + L_keep, Dd) visible tokens -> (N, 1 + L, Dd) with mask tokens in the removed places."""
-        N, L = ids_restore.shape
-        mask_tokens = self.mask_token.to(x2.dtype).expand(N, L + 1 - x2.shape[1], -1)
-        x_ = torch.cat([x2[:, 1:, :], mask_tokens], dim=1)  # (N, L, Dd), shuffled order
-        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x2.shape[2]))  # unshuffle
-        return torch.cat([x2[:, :1, :], x_], dim=1)  # cls first
-
     def forward(
         self,
         latent1: torch.Tensor,
@@ -180,7 +171,7 @@ class CrossDecoder(nn.Module):
         x1 = self.embed(latent1)  # (N, 1 + L, Dd)
         if self.f1_decoder_pos_embed:
             x1 = x1 + pos
-        x2 = self.insert_mask_tokens(self.embed(latent2), ids_restore) + pos  # (N, 1 + L, Dd)
+        x2 = insert_mask_tokens(self.embed(latent2), self.mask_token, ids_restore) + pos  # (N, 1 + L, Dd)
         if self.decoder_type == "joint":
             x = torch.cat([x1, x2], dim=1)  # (N, 2 + 2L, Dd)
             for blk in self.blocks:
@@ -215,6 +206,8 @@ class SiamMAE(nn.Module):
         f1_decoder_pos_embed: bool = True,
     ) -> None:
         super().__init__()
+        # the model's whole configuration as plain data: checkpoints store it, `SiamMAE(**model_args)` rebuilds it
+        self.model_args = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         _check_mask_ratio(mask_ratio)
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by the patch size {patch_size}")
@@ -233,6 +226,10 @@ class SiamMAE(nn.Module):
             num_patches=self.encoder.num_patches, decoder_type=decoder_type, patch_size=patch_size,
             in_chans=in_chans, f1_decoder_pos_embed=f1_decoder_pos_embed,
         )
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW leaves undecayed besides biases and norms (timm's convention): tokens, position tables."""
+        return {"*pos_embed", "*cls_token", "*mask_token"}
 
     # ------------------------------------------------------------- stages
     def forward_encoder(
@@ -258,9 +255,7 @@ class SiamMAE(nn.Module):
         """Mean squared error over f2's removed patches only; targets per-patch normalised with norm_pix_loss."""
         target = self.encoder.patchify(f2)  # (N, L, p*p*C), from the (ImageNet-normalised) input
         if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
+            target = normalize_patches(target)
         loss = ((pred.float() - target.float()) ** 2).mean(dim=-1)  # (N, L) per patch
         return (loss * mask).sum() / mask.sum()
 
@@ -312,6 +307,32 @@ SIAMMAE_PRESETS: dict[str, dict] = {
 }
 
 
+def model_args_for(arch: str, **overrides) -> dict:
+    """Every constructor argument of preset `arch` with `overrides` (what `create_model` builds, as plain data)."""
+    if arch not in SIAMMAE_PRESETS:
+        raise ValueError(f"unknown SiamMAE preset {arch!r}; valid: {', '.join(SIAMMAE_PRESETS)}")
+    signature = inspect.signature(SiamMAE.__init__)
+    valid_args = set(signature.parameters) - {"self"}
+    unknown = sorted(set(overrides) - valid_args)
+    if unknown:
+        raise ValueError(f"unknown SiamMAE argument(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid_args))}")
+    defaults = {name: p.default for name, p in signature.parameters.items() if name != "self"}
+    return {**defaults, **SIAMMAE_PRESETS[arch], **overrides}
+
+
+def preset_of(model_args: Mapping) -> tuple[str | None, dict]:
+    """The preset closest to `model_args` and the arguments that differ from it ((None, all) if none fits)."""
+    best: tuple[str | None, dict] = (None, dict(model_args))
+    for arch in SIAMMAE_PRESETS:
+        base = model_args_for(arch)
+        if set(model_args) - set(base):
+            continue
+        diff = {k: v for k, v in model_args.items() if base.get(k) != v}
+        if best[0] is None or len(diff) < len(best[1]):
+            best = (arch, diff)
+    return best
+
+
 def create_model(arch: str, pretrained: str | os.PathLike | None = None, **overrides) -> SiamMAE:
     """A SiamMAE preset, optionally with its encoder initialised from an official MAE checkpoint.
 
@@ -319,14 +340,7 @@ def create_model(arch: str, pretrained: str | os.PathLike | None = None, **overr
     `pretrained` loads the encoder weights of an MAE checkpoint (encoder-only or encoder+decoder file;
     the MAE decoder is dropped, the cross decoder starts from scratch) and prints what was loaded.
     """
-    if arch not in SIAMMAE_PRESETS:
-        raise ValueError(f"unknown SiamMAE preset {arch!r}; valid: {', '.join(SIAMMAE_PRESETS)}")
-    valid_args = set(inspect.signature(SiamMAE.__init__).parameters) - {"self"}
-    unknown = sorted(set(overrides) - valid_args)
-    if unknown:
-        raise ValueError(f"unknown SiamMAE argument(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid_args))}")
-    model = SiamMAE(**{**SIAMMAE_PRESETS[arch], **overrides})
-    model.arch, model.model_kwargs = arch, dict(overrides)  # what a checkpoint needs to rebuild it
+    model = SiamMAE(**model_args_for(arch, **overrides))
     if pretrained is not None:
         report = load_mae_encoder(model, pretrained)
         print(f"{arch}: encoder from {pretrained}: {report}")
@@ -339,28 +353,33 @@ def load_mae_encoder(model: SiamMAE, checkpoint: str | os.PathLike | Mapping) ->
 
 
 def prepare_model(chkpt_dir: str | os.PathLike, arch: str | None = None) -> SiamMAE:
-    """Build preset `arch` and load a checkpoint into it: this project's, or an official MAE one.
+    """Build a model and load a checkpoint into it: this project's, or an official MAE one.
 
-    `chkpt_dir` is a checkpoint file, or a run folder holding `checkpoint-last.pth`. A project
-    checkpoint ({"model", "arch", "model_kwargs", ...}) loads whole, with its constructor overrides;
-    `arch` may then be omitted, and must match the checkpoint's when given. An MAE checkpoint (official
-    keys, no `encoder.` prefix) fills the encoder and leaves the decoder as initialised. Every key is
-    checked: an unexpected key, a shape mismatch or a missing key is a CheckpointError naming them.
+    `chkpt_dir` is a checkpoint file, or a run folder (its latest checkpoint). A project checkpoint
+    is verified (checksum, finite weights) and rebuilt from the constructor arguments stored in it;
+    `arch` may then be omitted, and must match the checkpoint's preset when given. An MAE checkpoint
+    (official keys, no `encoder.` prefix) fills the encoder of preset `arch` and leaves the decoder as
+    initialised. Every key is checked: an unexpected key, a shape mismatch or a missing key is a
+    CheckpointError naming them.
     """
-    path = Path(chkpt_dir)
-    if path.is_dir():
-        path = path / "checkpoint-last.pth"
+    from ml.checkpoint import is_project_checkpoint, load_checkpoint
+    from ml.run import find_checkpoint
+
+    try:
+        path = find_checkpoint(chkpt_dir)
+    except FileNotFoundError as err:
+        raise CheckpointError(str(err)) from None
     checkpoint = load_checkpoint_file(path)
-    if isinstance(checkpoint, Mapping) and "arch" in checkpoint:  # this project's format
-        saved_arch = checkpoint["arch"]
+    if is_project_checkpoint(checkpoint):
+        checkpoint = load_checkpoint(path)  # verified
+        saved_arch = checkpoint.get("config", {}).get("arch")
         if arch is not None and saved_arch != arch:
             raise CheckpointError(f"{path} holds a {saved_arch!r} model, not the requested {arch!r}")
-        model_kwargs = checkpoint.get("model_kwargs") or {}
-        model = create_model(saved_arch, **model_kwargs)
-        load_mae_weights(model, extract_state_dict(checkpoint), allowed_missing_prefixes=())
+        model = SiamMAE(**checkpoint["model_args"])
+        load_mae_weights(model, checkpoint["model"], allowed_missing_prefixes=())
         return model
     if arch is None:
-        raise ValueError(f"{path} is not a checkpoint of this project (it names no 'arch'): pass the preset to build")
+        raise ValueError(f"{path} is not a checkpoint of this project: pass the preset (arch) to build")
     model = create_model(arch)
     state_dict = extract_state_dict(checkpoint)
     if any(k.startswith(("encoder.", "decoder.")) for k in state_dict):  # a bare SiamMAE state dict

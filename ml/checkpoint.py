@@ -1,17 +1,28 @@
-"""Training checkpoints: atomic writes, safe reads, and the random-number states that make resuming exact.
+"""The checkpoint file: one versioned format, atomic writes, verified reads, and the random states of a run.
 
 A checkpoint is a plain dict written with `torch.save` and read back with
-`torch.load(weights_only=True)` (so a file can never run code). It holds tensors and plain Python
-data only: the numpy and Python RNG states, which are objects of their own, are stored as tensors
-and lists. Writes go to a temporary file in the same folder that is renamed over the target only
-once complete, so a crash or a full disk mid-write leaves the previous checkpoint whole.
+`torch.load(weights_only=True)` (so a file can never run code):
+
+    format "siammae-checkpoint", version 2
+    model          SiamMAE state_dict
+    model_args     every SiamMAE constructor argument (the model's configuration, stored once)
+    config         the TrainConfig as plain data (accum_iter and lr resolved)
+    optimizer, scheduler, scaler, epoch (epochs done), step (optimiser steps done), world_size
+    rng            per process: torch, CUDA, numpy, Python and data-loader random states
+    log_lines      {"train": n, "test": m}: the loss-log lines this checkpoint's history covers
+    payload_crc32  CRC-32 of every tensor's bytes, in key order: a flipped byte is found at load
+
+Writes go to a temporary file in the same folder that is renamed over the target only once
+complete; a full disk mid-write raises DiskFullError and leaves the previous file whole. Reads
+verify the format, the checksum and that every weight is finite.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
-import re
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,92 +33,171 @@ import torch
 
 from mae.pretrained import CheckpointError, load_checkpoint_file
 
-LAST_NAME = "checkpoint-last.pth"
-_NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")
+CHECKPOINT_FORMAT = "siammae-checkpoint"
+CHECKPOINT_VERSION = 2
+TEMP_SUFFIX = ".tmp"
+
+
+class DiskFullError(OSError):
+    """The disk filled up while a file was written; the file's previous version is intact."""
 
 
 # ---------------------------------------------------------------- files
+def temp_name(path: Path) -> Path:
+    """The temporary name a write of `path` goes to: same folder (the rename stays on one disk), our PID inside."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[Any]:
     """Open a temporary file beside `path` for writing; on success flush it to disk and rename it over `path`.
 
     If anything fails midway the temporary file is removed and `path` keeps its previous content
-    (or stays absent): a reader never sees a half-written file.
+    (or stays absent): a reader never sees a half-written file. A full disk raises DiskFullError.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename stays on one disk
+    tmp_name = temp_name(path)
+    writer = None
     try:
         with open(tmp_name, mode, **open_kwargs) as f:
-            yield f
+            writer = _ErrorRecordingWriter(f)
+            yield writer
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        cause = writer.error if writer is not None and writer.error is not None else err
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            kept = f"{path} keeps its previous content" if path.exists() else f"{path} was not written"
+            raise DiskFullError(errno.ENOSPC, f"disk full while writing {path}: {kept}") from err
         raise
 
 
+class _ErrorRecordingWriter:
+    """A file object that remembers the OSError of a failed write: `torch.save` replaces it by a vague RuntimeError."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def remove_temp_files(folder: Path, names: set[str] | None = None) -> list[Path]:
+    """Delete temporary files of `atomic_file` left in `folder` by processes that died (kill -9, power loss).
+
+    With `names`, only temporaries of those target file names. Call it while holding the run's lock:
+    no live process is then writing them. Returns what was removed.
+    """
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)):
+            continue
+        target = p.name[1:].rsplit(".", 2)[0]  # ".<name>.<pid>.tmp" -> <name>
+        if names is None or target in names:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+# ---------------------------------------------------------------- checksum
+def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor inside nested dicts/lists/tuples, with a path name, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for key in sorted(obj, key=str):
+            yield from _tensors(obj[key], f"{prefix}/{key}")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{prefix}/{i}")
+
+
+def payload_checksum(state: Mapping[str, Any]) -> int:
+    """CRC-32 over the names, dtypes, shapes and bytes of every tensor in `state` (the checksum entry left out)."""
+    crc = 0
+    for name, tensor in _tensors({k: v for k, v in state.items() if k != "payload_crc32"}):
+        t = tensor.detach().to("cpu").contiguous()
+        crc = zlib.crc32(f"{name}|{t.dtype}|{tuple(t.shape)}".encode(), crc)
+        if t.numel():
+            crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy(), crc)
+    return crc
+
+
+# ---------------------------------------------------------------- writing and reading
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write `state` to `path` atomically (see `atomic_file`)."""
+    """Write `state` as a checkpoint of this format to `path` atomically (format, version and checksum added)."""
+    full = {**state, "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
+    full["payload_crc32"] = payload_checksum(full)
     with atomic_file(path) as f:
-        torch.save(dict(state), f)
+        torch.save(full, f)
     return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint with `weights_only=True`; CheckpointError when missing, truncated or unsafe."""
+    """Read and verify a checkpoint of this format; CheckpointError when missing, truncated, unsafe,
+    of another format, failing its checksum, or holding non-finite weights."""
     ckpt = load_checkpoint_file(path)
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    check_format(ckpt, path)
+    stored = ckpt.get("payload_crc32")
+    if stored is None or payload_checksum(ckpt) != int(stored):
+        raise CheckpointError(f"{path} is corrupt: its tensor data does not match the checksum written with it "
+                              f"(a damaged file); use another checkpoint of the run")
+    bad = non_finite_tensors(ckpt["model"])
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights ({', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}): a diverged state; use an earlier checkpoint")
     return ckpt
 
 
-def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The non-tensor entries of a checkpoint (epoch, step, arch, config, ...), its tensors left on disk.
+def check_format(ckpt: Any, path: str | os.PathLike) -> None:
+    """CheckpointError unless `ckpt` is a dict of this project's checkpoint format and version."""
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a training checkpoint of this project (format "
+                              f"{ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')!r}; this code reads version "
+                              f"{CHECKPOINT_VERSION}")
 
-    Memory-maps the file instead of reading it, so this is cheap even for large checkpoints.
+
+def is_project_checkpoint(ckpt: Any) -> bool:
+    """Whether a loaded dict is a checkpoint of this project (as opposed to, say, an official MAE file)."""
+    return isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT
+
+
+def non_finite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or infinity."""
+    return [name for name, t in state_dict.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The non-tensor entries of a checkpoint (epoch, step, config, log_lines, ...), its tensors left on disk.
+
+    Memory-maps the file instead of reading it, so this is cheap even for large checkpoints. The
+    checksum is not verified here (`load_checkpoint` does).
     """
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # any failure means: not a readable checkpoint
         raise CheckpointError(f"could not read checkpoint {path}: {err}") from err
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
-    return {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "rng")}
-
-
-def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The training config stored in a checkpoint, as a plain dict ({} when it has none)."""
-    return dict(read_checkpoint_meta(path).get("config") or {})
-
-
-def numbered_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
-    """`checkpoint-<epoch>.pth` files of a run folder as (epoch, path), oldest first."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NUMBERED.match(p.name))]
-    return sorted(found)
-
-
-def find_latest_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The checkpoint to resume a run folder from: `checkpoint-last.pth`, else the newest numbered one.
-
-    A `checkpoint-last.pth` that cannot be read (say, a disk failure) is passed over for the newest
-    numbered checkpoint that can.
-    """
-    folder = Path(folder)
-    candidates = [folder / LAST_NAME] + [p for _, p in reversed(numbered_checkpoints(folder))]
-    for path in candidates:
-        if path.is_file():
-            try:
-                read_checkpoint_meta(path)
-            except CheckpointError:
-                continue
-            return path
-    return None
+    check_format(ckpt, path)
+    return {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "rng", "scaler")}
 
 
 # ---------------------------------------------------------------- random-number states

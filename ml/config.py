@@ -1,4 +1,4 @@
-"""The training recipe as one plain dataclass, and the named presets.
+"""Every default of a training run: the `TrainConfig` dataclass, its presets, and its command-line form.
 
     cfg = get_preset("cpu_demo", epochs=20)       # a preset with some fields replaced
     cfg.peak_lr(world_size=1)                     # blr * effective batch / 256 unless `lr` is set
@@ -8,15 +8,32 @@ pairs, so a process's loader reads `batch_size / R` videos per iteration. The ef
 the learning rate scales with, is `batch_size x world size x accum_iter`. Setting `total_batch_size`
 derives `accum_iter` from the number of processes, so one recipe gives the same optimisation on 1 or
 8 GPUs (the paper: 2048 pairs per step).
+
+Each field carries its help text (`metadata["help"]`); `add_config_options` turns the fields into
+command-line options (one declaration per option) and `parse_field_value` reads a value as the
+field's type or refuses it.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _f(default: Any, help: str, flag: str | None = None, factory: bool = False) -> Any:
+    """A dataclass field with its help text (and, optionally, the command-line flag it is known by)."""
+    metadata = {"help": help, **({"flag": flag} if flag else {})}
+    if factory:
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -24,39 +41,47 @@ class TrainConfig:
     """Everything a training run needs besides the model's weights (defaults: the paper's ViT-S/16 recipe)."""
 
     # model
-    arch: str = "siammae_vit_small_patch16"  # a preset of ml.SiamMAE.SIAMMAE_PRESETS
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments replacing the preset's
-    pretrained: str | None = None  # an official MAE checkpoint (name or path) to start the encoder from
+    arch: str = _f("siammae_vit_small_patch16", "model preset of ml.SiamMAE (e.g. siammae_vit_base_patch16)")
+    model_kwargs: dict[str, Any] = _f(dict, "SiamMAE constructor arguments replacing the preset's, as a Python dict "
+                                            "(e.g. \"{'decoder_type': 'cross'}\")", factory=True)
+    pretrained: str | None = _f(None, "official MAE checkpoint (file, or a name such as mae_pretrain_vit_base) to "
+                                      "start the encoder from")
     # data
-    data: str = "dataset/kinetics400"  # a Kinetics root folder (or CSV / list file) as dataset_loader reads it
-    train_split: str = "train"
-    test_split: str | None = "val"  # held-out split for the per-epoch test loss; None: no test loss
-    test_max_videos: int | None = None  # evaluate on this many evenly spaced held-out videos (None: all)
-    img_size: int = 224
-    crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop, the same for both frames of a pair
-    min_gap: int = 4  # frame gap between f1 and f2, in frames at 30 fps
-    max_gap: int = 48
-    repeated_sampling: int = 2  # pairs drawn from one decoded video
-    mask_ratio: float = 0.95
+    data: str = _f("dataset/kinetics400", "a Kinetics root folder (or CSV / list file) as dataset_loader reads it")
+    train_split: str = _f("train", "split of `data` to train on")
+    test_split: str | None = _f("val", "held-out split for the per-epoch test loss; None: no test loss")
+    test_max_videos: int | None = _f(None, "evaluate on this many evenly spaced held-out videos (None: all)")
+    img_size: int = _f(224, "side of the square training crops")
+    crop_scale: tuple[float, float] = _f((0.5, 1.0), "area range of the random resized crop shared by both frames")
+    min_gap: int = _f(4, "smallest frame gap between f1 and f2, in frames at 30 fps")
+    max_gap: int = _f(48, "largest frame gap between f1 and f2, in frames at 30 fps")
+    repeated_sampling: int = _f(2, "pairs drawn from one decoded video")
+    mask_ratio: float = _f(0.95, "fraction of f2's patches removed")
     # batch and optimisation
-    batch_size: int = 256  # frame pairs per process per iteration (a multiple of repeated_sampling)
-    accum_iter: int = 1  # iterations per optimiser step (gradient accumulation)
-    total_batch_size: int | None = None  # if set: accum_iter = total_batch_size / (batch_size * world_size)
-    epochs: int = 400
-    warmup_epochs: float = 40.0
-    blr: float = 1.5e-4  # base learning rate, per 256 pairs of effective batch
-    lr: float | None = None  # peak learning rate; None: blr * effective batch / 256
-    min_lr: float = 0.0  # the rate the cosine ends at
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    clip_grad: float | None = None  # max gradient norm; None: no clipping
-    precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 with a gradient scaler; fp32 on CPU
+    batch_size: int = _f(256, "frame pairs per process per iteration (a multiple of repeated_sampling)")
+    accum_iter: int = _f(1, "iterations per optimiser step (gradient accumulation)")
+    total_batch_size: int | None = _f(None, "pairs per optimiser step over all processes; sets accum_iter from the "
+                                            "number of processes")
+    epochs: int = _f(400, "total epochs of the schedule")
+    warmup_epochs: float = _f(40.0, "epochs of linear learning-rate warm-up")
+    blr: float = _f(1.5e-4, "base learning rate, per 256 pairs of effective batch")
+    lr: float | None = _f(None, "peak learning rate; None: blr * effective batch / 256")
+    min_lr: float = _f(0.0, "the learning rate the cosine ends at")
+    weight_decay: float = _f(0.05, "AdamW weight decay (not on biases, norms, embeddings, tokens)")
+    betas: tuple[float, float] = _f((0.9, 0.95), "AdamW betas")
+    clip_grad: float | None = _f(None, "clip the gradient norm to this value; None: no clipping")
+    precision: str = _f("auto", "auto (bf16 on GPUs that have it, else fp16 with a gradient scaler; fp32 on the "
+                                "CPU), fp32, bf16, fp16")
     # run
-    seed: int = 0
-    num_workers: int = 8  # data-loader processes per training process
-    prefix: str = "siammae"  # names the run: checkpoints/<prefix>/, losses/<prefix>.txt, test_losses/<prefix>.txt
-    output_dir: str = "."  # where checkpoints/, losses/ and test_losses/ go
-    num_epochs_per_save: int = 10  # checkpoint-<epoch>.pth every this many epochs (checkpoint-last.pth every epoch)
+    seed: int = _f(0, "seed of pairs, augmentations, masks and initialisation")
+    num_workers: int = _f(8, "data-loader processes per training process")
+    prefix: str = _f("siammae", "run name: checkpoints/<prefix>/, losses/<prefix>.txt, test_losses/<prefix>.txt")
+    output_dir: str = _f(".", "folder that receives checkpoints/, losses/ and test_losses/", flag="--output")
+    num_epochs_per_save: int = _f(10, "write checkpoint-<epoch>.pth every this many epochs (checkpoint-last.pth: "
+                                      "every epoch)", flag="--save-every")
+    device: str = _f("auto", "auto (this process's GPU, else the CPU), cpu, cuda, cuda:1")
+    dist_timeout_minutes: float = _f(5.0, "minutes a process waits for the others before the run fails "
+                                          "(torch.distributed timeout)", flag="--dist-timeout")
 
     def __post_init__(self) -> None:
         self.crop_scale = tuple(self.crop_scale)
@@ -66,7 +91,9 @@ class TrainConfig:
 
     # ------------------------------------------------------------- checks
     def validate(self) -> None:
-        """Raise ValueError naming the first field that cannot work."""
+        """Raise ValueError naming the first field that cannot work (types, ranges, finite numbers)."""
+        _check_types(self)
+
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ValueError(f"TrainConfig: {message}")
@@ -89,6 +116,8 @@ class TrainConfig:
         need(self.blr > 0, f"blr must be positive, got {self.blr}")
         need(self.lr is None or self.lr > 0, f"lr must be positive or None, got {self.lr}")
         need(self.min_lr >= 0, f"min_lr must be >= 0, got {self.min_lr}")
+        need(self.min_lr <= (self.lr if self.lr is not None else math.inf),
+             f"min_lr {self.min_lr} is above the peak lr {self.lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
              f"betas must be two numbers in [0, 1), got {self.betas}")
@@ -100,6 +129,9 @@ class TrainConfig:
              f"prefix must be a non-empty name without '/', got {self.prefix!r}")
         need(self.test_max_videos is None or self.test_max_videos >= 1,
              f"test_max_videos must be >= 1 or None, got {self.test_max_videos}")
+        need(bool(self.output_dir), "output_dir must not be empty")
+        need(self.dist_timeout_minutes > 0, f"dist_timeout_minutes must be positive, got {self.dist_timeout_minutes}")
+        _check_device_name(self.device)
 
     # ------------------------------------------------------------- derived values
     @property
@@ -123,6 +155,12 @@ class TrainConfig:
         """Pairs per optimiser step over all processes."""
         return self.batch_size * world_size * self.accum_steps(world_size)
 
+    def steps_per_epoch(self, num_videos: int, world_size: int = 1) -> int:
+        """Optimiser steps in one epoch over `num_videos` training videos (what the loader yields, drop-last)."""
+        per_process = num_videos // world_size
+        batches = per_process // self.videos_per_batch
+        return batches // self.accum_steps(world_size)
+
     def peak_lr(self, world_size: int = 1) -> float:
         """`lr` when set, else the linear scaling rule blr * effective batch / 256."""
         if self.lr is not None:
@@ -132,6 +170,10 @@ class TrainConfig:
     def resolved(self, world_size: int = 1) -> TrainConfig:
         """A copy with `accum_iter` and `lr` filled in for `world_size` processes (what a run stores)."""
         return self.replace(accum_iter=self.accum_steps(world_size), lr=self.peak_lr(world_size))
+
+    def model_kwargs_full(self) -> dict[str, Any]:
+        """Constructor arguments replacing the preset's: the config's size and mask ratio, then `model_kwargs`."""
+        return {"img_size": self.img_size, "mask_ratio": self.mask_ratio, **self.model_kwargs}
 
     # ------------------------------------------------------------- plain data
     def replace(self, **changes: Any) -> TrainConfig:
@@ -152,7 +194,8 @@ class TrainConfig:
 
 # fields that say where and how fast a run goes, not what it computes: they may change on resume
 RUNTIME_FIELDS = frozenset(
-    {"data", "output_dir", "prefix", "num_workers", "num_epochs_per_save", "pretrained", "precision", "test_max_videos"}
+    {"data", "output_dir", "prefix", "num_workers", "num_epochs_per_save", "pretrained", "precision", "test_max_videos",
+     "device", "dist_timeout_minutes"}
 )
 
 
@@ -190,6 +233,144 @@ def _check_field_names(data: dict[str, Any]) -> None:
         raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
 
 
+def _check_device_name(device: str) -> None:
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as err:
+        raise ValueError(f"TrainConfig: device {device!r} is not a device name (auto, cpu, cuda, cuda:1)") from err
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"TrainConfig: device {device!r}: training runs on the CPU or on CUDA GPUs (auto, cpu, cuda)")
+
+
+# ---------------------------------------------------------------- field types
+def field_types() -> dict[str, Any]:
+    """The resolved type annotation of every TrainConfig field."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    """(whether None is allowed, the type without None)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return True, args[0]  # every optional field has one other type
+    return False, tp
+
+
+def _check_types(config: TrainConfig) -> None:
+    for name, tp in field_types().items():
+        value = getattr(config, name)
+        optional, base = _is_optional(tp)
+        if value is None:
+            if not optional:
+                raise ValueError(f"TrainConfig: {name} must not be None")
+            continue
+        origin = typing.get_origin(base) or base
+        if origin is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif origin is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif origin is str:
+            ok = isinstance(value, str)
+        elif origin is bool:
+            ok = isinstance(value, bool)
+        elif origin is tuple:
+            ok = isinstance(value, tuple) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  and math.isfinite(v) for v in value)
+        elif origin is dict:
+            ok = isinstance(value, dict)
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(f"TrainConfig: {name} must be {_type_name(tp)}, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    optional, base = _is_optional(tp)
+    origin = typing.get_origin(base) or base
+    name = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false",
+            tuple: "two finite numbers (e.g. 0.5,1.0)", dict: "a Python dict literal"}.get(origin, str(base))
+    return f"{name} or None" if optional else name
+
+
+def parse_field_value(name: str, text: str) -> Any:
+    """`text` read as the type of field `name` (ValueError naming the field when it is not of that type).
+
+    Integers must be whole ('1.5' is refused), numbers finite, None is 'None' where allowed, a pair
+    is 'a,b' or '(a, b)', a dict a Python literal.
+    """
+    types_ = field_types()
+    if name not in types_:
+        _check_field_names({name: None})
+    optional, base = _is_optional(types_[name])
+    origin = typing.get_origin(base) or base
+    text = text.strip()
+    if optional and text in ("None", "none", "null"):
+        return None
+    try:
+        if origin is int:
+            value = int(text)
+        elif origin is float:
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+        elif origin is str:
+            value = text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
+        elif origin is bool:
+            lowered = text.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            value = lowered in ("true", "1", "yes")
+        elif origin is tuple:
+            parsed = ast.literal_eval(text if text.startswith("(") or text.startswith("[") else f"({text})")
+            value = tuple(float(v) for v in parsed)
+            if len(value) != 2 or not all(math.isfinite(v) for v in value):
+                raise ValueError
+        elif origin is dict:
+            value = ast.literal_eval(text)
+            if not isinstance(value, dict):
+                raise ValueError
+        else:
+            value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError):
+        raise ValueError(f"{name} must be {_type_name(types_[name])}, got {text!r}") from None
+    return value
+
+
+def option_flag(f: dataclasses.Field) -> str:
+    """The command-line flag of a field: its metadata's, else --name-with-dashes."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, with its help text; a given option replaces the preset's value.
+
+    Values stay text here (default None: not given) and are read by `parse_field_value`.
+    """
+    group = parser.add_argument_group("recipe (each replaces the preset's value; also --set FIELD=VALUE)")
+    for f in dataclasses.fields(TrainConfig):
+        group.add_argument(option_flag(f), dest=f"cfg_{f.name}", metavar=f.name.upper(), default=None,
+                           help=f"{f.metadata['help']} [{_type_name(field_types()[f.name])}]")
+
+
+def options_to_changes(args: argparse.Namespace, sets: list[str]) -> dict[str, Any]:
+    """The fields given as options (and as --set FIELD=VALUE), each parsed as its field's type."""
+    changes = {}
+    for f in dataclasses.fields(TrainConfig):
+        text = getattr(args, f"cfg_{f.name}", None)
+        if text is not None:
+            changes[f.name] = parse_field_value(f.name, text)
+    for item in sets:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
+        changes[name.strip()] = parse_field_value(name.strip(), text)
+    return changes
+
+
 # ---------------------------------------------------------------- presets
 _PAPER_VIT_S16 = dict(
     arch="siammae_vit_small_patch16",
@@ -219,6 +400,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         prefix="quick", num_epochs_per_save=1,
     ),
 }
+
+# the notebook's settings (SIAMMAE_SETTING / `python -m ml.demo --setting`) and the preset each runs
+NOTEBOOK_SETTINGS: dict[str, str] = {"quick": "quick", "demo": "cpu_demo", "paper": "paper_vit_s16_400"}
 
 
 def get_preset(name: str, **overrides: Any) -> TrainConfig:

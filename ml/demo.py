@@ -25,9 +25,11 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from ml.config import NOTEBOOK_SETTINGS
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "SiamMAE.ipynb"
-SETTINGS = ("quick", "demo", "paper")
+SETTINGS = tuple(NOTEBOOK_SETTINGS)
 
 
 class _ThisInterpreterKernelSpecs(KernelSpecManager):

@@ -1,49 +1,21 @@
 """AdamW with MAE's parameter groups, and the per-step warm-up + half-cosine learning-rate schedule.
 
-Weight decay applies to the weight matrices only: biases, norm parameters (every parameter of one
-dimension), position embeddings and the cls / mask tokens are left undecayed, as in MAE.
-The schedule is set before every optimiser step (not once per epoch): a linear warm-up from
-`peak_lr / warmup_steps` to `peak_lr`, then half a cosine down to `min_lr` at the last step.
+Weight decay applies to the weight matrices only: biases and norms (every parameter of one
+dimension, timm's `param_groups_weight_decay`) and the names a model lists in `no_weight_decay()`
+(timm's convention; SiamMAE lists its position embeddings and cls / mask tokens) are left undecayed,
+as in MAE. The schedule is a `torch.optim.lr_scheduler.LambdaLR` stepped after every optimiser
+step: a linear warm-up from `peak_lr / warmup_steps` to `peak_lr`, then half a cosine down to
+`min_lr` at the last step. Its position is the optimiser step count alone, so a resume rebuilds it
+from the config and the step (exactly; the shape follows the config, e.g. more epochs).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
 
 import torch
 import torch.nn as nn
-
-NO_DECAY_NAME_PARTS = ("pos_embed", "cls_token", "mask_token")
-
-
-def excluded_from_weight_decay(name: str, param: torch.Tensor, extra_names: Iterable[str] = ()) -> bool:
-    """True for biases, norms (any 1-D parameter), position embeddings, cls and mask tokens, and `extra_names`."""
-    leaf = name.rsplit(".", 1)[-1]
-    return (
-        param.ndim <= 1
-        or leaf == "bias"
-        or any(part in leaf for part in NO_DECAY_NAME_PARTS)
-        or name in set(extra_names)
-    )
-
-
-def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: `decay` (weight matrices) and `no_decay` (weight_decay 0); frozen parameters left out.
-
-    A model may name more parameters to exclude with a `no_weight_decay()` method (timm's convention).
-    """
-    extra = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if excluded_from_weight_decay(name, param, extra) else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-    ]
+from timm.optim import param_groups_weight_decay  # ml/__init__ loaded mae's torchvision shim first
 
 
 def make_optimizer(
@@ -51,78 +23,61 @@ def make_optimizer(
     lr: float,
     weight_decay: float = 0.05,
     betas: tuple[float, float] = (0.9, 0.95),
+    fused: bool | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW over `param_groups_weight_decay(model, weight_decay)` (the paper: betas 0.9/0.95, wd 0.05)."""
-    if lr <= 0:
-        raise ValueError(f"learning rate must be positive, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"weight decay must be >= 0, got {weight_decay}")
-    return torch.optim.AdamW(param_groups_weight_decay(model, weight_decay), lr=lr, betas=tuple(betas))
+    """AdamW over timm's weight-decay groups (the paper: betas 0.9/0.95, wd 0.05).
 
-
-class WarmupCosineSchedule:
-    """Learning rate per optimiser step: linear warm-up, then half a cosine to `min_lr`.
-
-    For step s (0-based) of `total_steps`, with W = `warmup_steps`:
-        s < W:  lr = peak_lr * (s + 1) / W                 (the first step runs at peak_lr / W)
-        s >= W: lr = min_lr + (peak_lr - min_lr) * (1 + cos(pi * (s - W + 1) / (total_steps - W))) / 2
-    so the warm-up ends at peak_lr on step W - 1 and the last step runs at exactly min_lr.
-
-    Usage: `set_lr()` before each optimiser step (it writes the rate into the optimiser's groups,
-    scaled by a group's `lr_scale` when it has one), `step()` after it.
+    `fused`: the fused CUDA kernel (None: when every parameter is on a CUDA device); otherwise
+    torch's default multi-tensor (foreach) implementation.
     """
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"learning rate must be a positive finite number, got {lr}")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise ValueError(f"weight decay must be a finite number >= 0, got {weight_decay}")
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=tuple(skip))
+    if fused is None:
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
 
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        peak_lr: float,
-        total_steps: int,
-        warmup_steps: int = 0,
-        min_lr: float = 0.0,
-    ) -> None:
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        if not 0 <= warmup_steps <= total_steps:
-            raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
-        if not 0 <= min_lr <= peak_lr:
-            raise ValueError(f"need 0 <= min_lr <= peak_lr, got min_lr={min_lr}, peak_lr={peak_lr}")
-        self.optimizer = optimizer
-        self.peak_lr = float(peak_lr)
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
-        self.min_lr = float(min_lr)
-        self.step_count = 0  # optimiser steps taken so far = index of the next step
 
-    def lr_at(self, step: int) -> float:
-        """The learning rate of optimiser step `step` (0-based); steps past the end stay at min_lr."""
-        if step < self.warmup_steps:
-            return self.peak_lr * (step + 1) / self.warmup_steps
-        decay_steps = self.total_steps - self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps + 1) / decay_steps)
-        return self.min_lr + (self.peak_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+def warmup_cosine_lr(step: int, peak_lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0) -> float:
+    """The learning rate of optimiser step `step` (0-based); steps past the end stay at `min_lr`.
 
-    def set_lr(self) -> float:
-        """Write the next step's rate into the optimiser and return it."""
-        lr = self.lr_at(self.step_count)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        return lr
+    With W = `warmup_steps`:
+        step < W:  peak_lr * (step + 1) / W                       (the first step runs at peak_lr / W)
+        step >= W: min_lr + (peak_lr - min_lr) * (1 + cos(pi * (step - W + 1) / (total_steps - W))) / 2
+    so the warm-up ends at peak_lr on step W - 1 and the last step runs at exactly min_lr.
+    """
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    decay_steps = total_steps - warmup_steps
+    progress = min(1.0, (step - warmup_steps + 1) / decay_steps) if decay_steps > 0 else 1.0
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def step(self) -> None:
-        """Count one optimiser step."""
-        self.step_count += 1
 
-    def get_last_lr(self) -> list[float]:
-        return [group["lr"] for group in self.optimizer.param_groups]
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    peak_lr: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    min_lr: float = 0.0,
+    start_step: int = 0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR following `warmup_cosine_lr`, positioned so that the optimiser's rate is that of `start_step`.
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"peak_lr": self.peak_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "min_lr": self.min_lr, "step_count": self.step_count}
+    Step it after every optimiser step (`scheduler.last_epoch` is then the number of steps done).
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
+    if not 0 <= min_lr <= peak_lr:
+        raise ValueError(f"need 0 <= min_lr <= peak_lr, got min_lr={min_lr}, peak_lr={peak_lr}")
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = peak_lr  # LambdaLR multiplies its factor by this base rate
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the position (and the shape of the schedule) saved by `state_dict`."""
-        self.peak_lr = float(state["peak_lr"])
-        self.total_steps = int(state["total_steps"])
-        self.warmup_steps = int(state["warmup_steps"])
-        self.min_lr = float(state["min_lr"])
-        self.step_count = int(state["step_count"])
+    def factor(step: int) -> float:
+        return warmup_cosine_lr(step, peak_lr, total_steps, warmup_steps, min_lr) / peak_lr
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=start_step - 1)

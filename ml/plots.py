@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
+from mae.models_mae import patch_statistics
+from ml.run import Run
 
 PANEL_INCHES = 2.4  # side of one image panel
 DPI = 100
@@ -122,9 +124,8 @@ def reconstruct(model: torch.nn.Module, f1: torch.Tensor, f2: torch.Tensor, seed
     norm_pix_loss = bool(getattr(model, "norm_pix_loss", False))
     if norm_pix_loss:
         # the prediction is in per-patch normalised space: map it back with each target patch's statistics
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        pred = pred * (var + 1.0e-6) ** 0.5 + mean
+        mean, std = patch_statistics(target)
+        pred = pred * std + mean
     reconstruction = encoder.unpatchify(pred.float(), grid)  # (1, 3, H, W)
     mask_image = encoder.unpatchify(mask.float().unsqueeze(-1).expand(-1, -1, p * p * 3), grid)  # 1 = masked
     visible = f2 * (1 - mask_image) + _blank_like(f2) * mask_image
@@ -183,24 +184,7 @@ def _sample_label(sample: Any) -> str | None:
 
 
 def _mask_ratio(model: torch.nn.Module) -> float:
-    return float(getattr(model, "mask_ratio", 0.95))
-
-
-def load_checkpoint_model(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """A SiamMAE from a project checkpoint file, or from `checkpoints/<name>/checkpoint-last.pth` given a run name."""
-    from ml.SiamMAE import prepare_model
-
-    return prepare_model(resolve_checkpoint(checkpoint)).to(device)  # the preset comes from the checkpoint
-
-
-def resolve_checkpoint(checkpoint: str | os.PathLike, checkpoints_dir: str | os.PathLike = "checkpoints") -> Path:
-    """A checkpoint file: the path itself, a run folder's checkpoint-last.pth, or a run name under `checkpoints_dir`."""
-    path = Path(checkpoint)
-    candidates = [path, path / "checkpoint-last.pth", Path(checkpoints_dir) / path / "checkpoint-last.pth"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no checkpoint at {checkpoint} (looked for {', '.join(str(c) for c in candidates)})")
+    return float(model.mask_ratio)
 
 
 def plot_results_from_checkpoint(
@@ -209,17 +193,20 @@ def plot_results_from_checkpoint(
     device: torch.device | str = "cpu",
     samples_path: str | os.PathLike = "samples.pickle",
 ) -> Figure:
-    """Load a checkpoint and plot one reconstruction row per pair of `samples_path`, with the loss of the
-    model on `data_loader` (e.g. the held-out loader; None to skip) in the title.
+    """Load a checkpoint (a file, a run folder or a run name under checkpoints/) and plot one reconstruction
+    row per pair of `samples_path`, with the loss of the model on `data_loader` (e.g. the held-out loader;
+    None to skip) in the title.
 
-    The loss is computed as training computes its held-out loss (`ml.train.evaluate_loss`, the same fixed
+    The loss is computed as training computes its held-out loss (`ml.engine.evaluate_loss`, the same fixed
     masks), so for the last checkpoint it is the last value of the run's test-loss log.
     """
+    from ml.engine import evaluate_loss
+    from ml.run import find_checkpoint
     from ml.samples import load_samples
-    from ml.train import evaluate_loss
+    from ml.SiamMAE import prepare_model
 
-    path = resolve_checkpoint(checkpoint_name)
-    model = load_checkpoint_model(path, device)
+    path = find_checkpoint(checkpoint_name)
+    model = prepare_model(path).to(device)
     samples = load_samples(samples_path)
     rows = len(samples)
     fig, axes = plt.subplots(rows, 5, figsize=(5 * PANEL_INCHES, rows * (PANEL_INCHES + 0.5) + 0.4),
@@ -235,32 +222,6 @@ def plot_results_from_checkpoint(
 
 
 # ---------------------------------------------------------------- loss curves
-def read_log_columns(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A whitespace-separated log with a `# name name ...` header line, as a dict of columns.
-
-    Lines logged again after a resume (the same epoch, and step for training logs) replace the earlier ones.
-    """
-    path = Path(path)
-    lines = path.read_text().splitlines()
-    if not lines or not lines[0].startswith("#"):
-        raise ValueError(f"{path} has no header line (expected '# epoch step lr loss' or '# epoch loss')")
-    names = lines[0].lstrip("#").split()
-    rows: dict[tuple, list[float]] = {}
-    key_columns = [i for i, name in enumerate(names) if name in ("epoch", "step")]
-    for n, line in enumerate(lines[1:], start=2):
-        if not line.strip() or line.startswith("#"):
-            continue
-        values = line.split()
-        if len(values) != len(names):
-            raise ValueError(f"{path}:{n}: {len(values)} values for {len(names)} columns {names}")
-        row = [float(v) for v in values]
-        key = tuple(row[i] for i in key_columns)
-        rows.pop(key, None)  # a line logged again replaces the earlier one, at its new place in the order
-        rows[key] = row
-    table = np.array(list(rows.values()), dtype=np.float64).reshape(-1, len(names))
-    return {name: table[:, i] for i, name in enumerate(names)}
-
-
 def _epoch_positions(epochs: np.ndarray) -> np.ndarray:
     """x positions for per-iteration values: the n iterations of epoch e (counted from 1) spread over [e - 1, e)."""
     x = epochs.astype(np.float64).copy()
@@ -270,29 +231,24 @@ def _epoch_positions(epochs: np.ndarray) -> np.ndarray:
     return x
 
 
-def plot_losses(
-    prefixes: str | Sequence[str],
-    losses_dir: str | os.PathLike = "losses",
-    test_losses_dir: str | os.PathLike = "test_losses",
-) -> Figure:
-    """Training and held-out loss curves of one or several runs (logs `<dir>/<prefix>.txt`, epochs counted from 1).
+def plot_losses(runs: str | Run | Sequence[str | Run], output_dir: str | os.PathLike = ".") -> Figure:
+    """Training and held-out loss curves of one or several runs (a `Run`, or a run name under `output_dir`).
 
-    Left: the training loss of every iteration (faint) and its running mean. Right: per epoch, the mean
-    training loss (solid) and the held-out loss (dashed), where one was logged.
+    Left: the training loss of every iteration (faint) and its running mean. Right: per epoch (counted
+    from 1), the mean training loss (solid) and the held-out loss (dashed), where one was logged.
     """
-    prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
-    if not prefixes:
-        raise ValueError("give at least one run prefix")
+    runs = [runs] if isinstance(runs, (str, Run)) else list(runs)
+    if not runs:
+        raise ValueError("give at least one run")
+    runs = [r if isinstance(r, Run) else Run(output_dir, r) for r in runs]
     fig, (ax_iter, ax_epoch) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, prefix in enumerate(prefixes):
+    for k, run in enumerate(runs):
         colour = colours[k % len(colours)]
-        path = Path(losses_dir) / f"{prefix}.txt"
-        if not path.is_file():
-            raise FileNotFoundError(f"no training log for run {prefix!r} at {path}")
-        log = read_log_columns(path)
-        if "loss" not in log or "epoch" not in log:
-            raise ValueError(f"{path} needs the columns 'epoch' and 'loss', has {list(log)}")
+        prefix = run.prefix
+        if not run.losses.is_file():
+            raise FileNotFoundError(f"no training log for run {prefix!r} at {run.losses}")
+        log = run.read_train_log()
         epochs, loss = log["epoch"], log["loss"]
         x = _epoch_positions(epochs)
         ax_iter.plot(x, loss, color=colour, alpha=0.25, linewidth=0.8)
@@ -303,9 +259,8 @@ def plot_losses(
         ends = np.unique(epochs)
         means = [loss[epochs == e].mean() for e in ends]
         ax_epoch.plot(ends, means, "o-", color=colour, label=f"{prefix} train")
-        test_path = Path(test_losses_dir) / f"{prefix}.txt"
-        if test_path.is_file():
-            test = read_log_columns(test_path)
+        if run.test_losses.is_file():
+            test = run.read_test_log()
             if len(test.get("loss", ())):
                 ax_epoch.plot(test["epoch"], test["loss"], "s--", color=colour, label=f"{prefix} held-out")
     ax_iter.set(title="training loss per iteration", xlabel="epoch", ylabel="loss (MSE on masked patches)")

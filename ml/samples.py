@@ -1,13 +1,16 @@
 """`samples.pickle`: a fixed set of preprocessed frame pairs for reconstruction plots.
 
 `build_samples` rebuilds the file from the shipped sample videos; `load_samples` reads it back.
-Reading never runs code: the unpickler accepts only numpy arrays and plain Python values
-(dict, list, tuple, str, int, float, bool, None) and refuses anything else with SamplesFileError.
+Reading never runs code and never allocates more than the file holds: the unpickler accepts only
+plain Python values (dict, list, tuple, str, bytes, int, float, bool, None), no class or function
+at all, and refuses anything else with SamplesFileError; each frame is raw bytes whose length must
+equal the product of its stated shape before an array is made of them.
 
 File layout (a plain dict):
-    {"format": "siammae-samples", "version": 1, "img_size": int, "source": str, "splits": [str], "seed": int,
-     "pairs": [{"f1": uint8 (H, W, 3), "f2": uint8 (H, W, 3), "split": str, "video": str,
+    {"format": "siammae-samples", "version": 2, "img_size": int, "source": str, "splits": [str], "seed": int,
+     "pairs": [{"f1": FRAME, "f2": FRAME, "split": str, "video": str,
                 "indices": [int, int], "gap_frames": int, "gap_seconds": float}, ...]}
+    FRAME = {"shape": [H, W, 3], "rgb": bytes of H*W*3 uint8 values, row-major}
 Frames are stored as 8-bit RGB (small, exact after `denormalize`); `load_samples` turns them back
 into ImageNet-normalised float tensors (3, H, W), the model's input.
 """
@@ -27,51 +30,64 @@ import torch
 from ml.checkpoint import atomic_file
 
 SAMPLES_FORMAT = "siammae-samples"
-SAMPLES_VERSION = 1
-# What numpy needs to rebuild an array (numpy 2 and numpy 1 module names, pickle protocols 3 to 5).
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.core.numeric", "_frombuffer"),
-}
+SAMPLES_VERSION = 2
+MAX_FILE_BYTES = 256 << 20  # a samples file is a few hundred kB; refuse to read anything near this
+MAX_SIDE = 4096  # pixels: larger frames are refused before any array is made
 
 
 class SamplesFileError(pickle.UnpicklingError):
-    """A samples file that holds something other than arrays and plain values, or not the expected layout."""
+    """A samples file that holds something other than plain values, or not the expected layout."""
 
 
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the numpy globals needed to rebuild arrays; everything else is refused."""
+class _PlainValuesUnpickler(pickle.Unpickler):
+    """Unpickler of plain values only: any class or function reference is refused, so nothing can run."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
         raise SamplesFileError(
-            f"refused to load {module}.{name}: a samples file may hold only numpy arrays and plain values "
-            "(dict, list, tuple, str, int, float, bool, None); loading other objects could run code"
+            f"refused to load {module}.{name}: a samples file may hold only plain values "
+            "(dict, list, tuple, str, bytes, int, float, bool, None); loading other objects could run code"
         )
 
     def persistent_load(self, pid: Any) -> Any:
-        raise SamplesFileError("refused a persistent reference: a samples file holds only arrays and plain values")
+        raise SamplesFileError("refused a persistent reference: a samples file holds only plain values")
 
 
 def safe_load_pickle(data: bytes) -> Any:
-    """Unpickle `data` allowing only numpy arrays and plain Python values."""
-    return _ArraysOnlyUnpickler(io.BytesIO(data)).load()
+    """Unpickle `data` allowing only plain Python values (no class, no function, no array)."""
+    return _PlainValuesUnpickler(io.BytesIO(data)).load()
+
+
+def frame_to_plain(image: np.ndarray) -> dict:
+    """uint8 (H, W, 3) -> {"shape": [H, W, 3], "rgb": bytes}."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    return {"shape": [int(v) for v in image.shape], "rgb": image.tobytes()}
+
+
+def frame_from_plain(frame: Any, where: str) -> np.ndarray:
+    """The uint8 (H, W, 3) array of a stored frame, after checking that its bytes are exactly its stated shape."""
+    if not isinstance(frame, dict) or set(frame) != {"shape", "rgb"}:
+        raise SamplesFileError(f"{where} must be a dict with 'shape' and 'rgb'")
+    shape, data = frame["shape"], frame["rgb"]
+    if (not isinstance(shape, (list, tuple)) or len(shape) != 3 or shape[2] != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in shape[:2])):
+        raise SamplesFileError(f"{where}: shape must be [H, W, 3] with 1 <= H, W <= {MAX_SIDE}, got {shape!r}")
+    if not isinstance(data, bytes) or len(data) != shape[0] * shape[1] * 3:
+        size = len(data) if isinstance(data, bytes) else type(data).__name__
+        raise SamplesFileError(f"{where}: {size} bytes for a frame of shape {list(shape)}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
 
 
 def read_samples_file(path: str | os.PathLike = "samples.pickle") -> dict:
-    """The raw content of a samples file (uint8 frames), checked for layout; SamplesFileError if unsafe or wrong."""
+    """The content of a samples file with its frames as uint8 (H, W, 3) arrays, checked for layout and sizes;
+    SamplesFileError if unsafe or wrong."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"samples file {path} does not exist; rebuild it with `python -m ml.samples --output {path}`"
         )
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise SamplesFileError(f"{path} is {path.stat().st_size} bytes, more than a samples file can be "
+                               f"({MAX_FILE_BYTES}); refused")
     try:
         content = safe_load_pickle(path.read_bytes())
     except SamplesFileError as err:
@@ -94,9 +110,7 @@ def _check_layout(content: Any, path: Path) -> None:
         if not isinstance(pair, dict):
             raise SamplesFileError(f"{path}: pair {i} is not a dict")
         for key in ("f1", "f2"):
-            frame = pair.get(key)
-            if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-                raise SamplesFileError(f"{path}: pair {i} {key} must be a uint8 array (H, W, 3)")
+            pair[key] = frame_from_plain(pair.get(key), f"{path}: pair {i} {key}")
         if pair["f1"].shape != pair["f2"].shape:
             raise SamplesFileError(f"{path}: pair {i} frames differ in shape: {pair['f1'].shape} vs {pair['f2'].shape}")
 
@@ -153,8 +167,8 @@ def build_samples(
             info = dataset.describe(index)
             video = Path(info["video"])
             pairs.append({
-                "f1": _to_uint8_image(info["f1"]),
-                "f2": _to_uint8_image(info["f2"]),
+                "f1": frame_to_plain(_to_uint8_image(info["f1"])),
+                "f2": frame_to_plain(_to_uint8_image(info["f2"])),
                 "split": split,
                 "video": video.relative_to(root).as_posix() if video.is_relative_to(root) else video.name,
                 "indices": [int(i) for i in info["indices"]],

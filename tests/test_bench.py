@@ -17,7 +17,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench import bench_propagation, bench_train, run_all
 from bench.cost import PAPER_RECIPES, Recipe, cost_inputs, estimate_cost
 from bench.count_flops import forward_flops
+from ml.config import get_preset
 from ml.SiamMAE import create_model
+from ml.train import make_train_loader
+from tests.conftest import SAMPLE_DIR
 
 
 def test_attention_flops_are_counted_on_cpu():
@@ -105,7 +108,9 @@ def test_cost_on_paper():
             assert (workers - 1) * rate < feed["pairs_per_s_per_gpu"] <= workers * rate
     with pytest.raises(ValueError, match="MFU"):
         estimate_cost(_train_row(), {"key1s": 100.0}, mfus=(0.0,))
-    assert Recipe("x", epochs=1, videos=1000, batch=300).pairs == 6 * 300  # 2000 pairs, the last 200 dropped
+    # the cost model counts the steps training takes: the quick preset on the 5 videos of dataset/sample
+    quick = get_preset("quick", data=str(SAMPLE_DIR))
+    assert Recipe("x", "quick", videos=5).steps_per_epoch == len(make_train_loader(quick)) == 2
 
 
 def test_cost_takes_the_visible_only_row_of_the_preset():

@@ -28,9 +28,9 @@ from dataset_loader import (
     set_loader_epoch,
 )
 from dataset_loader.loader import EpochSampler
+from dataset_loader.synthetic_videos import make_constant_video, make_indexed_video, read_barcode
 from dataset_loader.transforms import normalize
 from tests.conftest import SAMPLE_DIR
-from tests.videos import make_constant_video, make_indexed_video, read_barcode
 
 FPS_2997 = Fraction(30000, 1001)
 

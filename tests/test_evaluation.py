@@ -15,6 +15,7 @@ from scipy.io import savemat
 
 import mae
 from bench.bench_propagation import run_benchmark
+from ml.checkpoint import save_checkpoint
 from ml.davis_metrics import sequence_scores
 from ml.evaluate import (
     VIP_CLASSES,
@@ -287,7 +288,8 @@ def test_checkpoints_load_or_fail_clearly(tmp_path: Path) -> None:
     torch.manual_seed(1)
     model = create_model("siammae_tiny")
     path = tmp_path / "ckpt.pth"
-    torch.save({"model": model.state_dict(), "arch": "siammae_tiny", "model_kwargs": {}, "config": {}}, path)
+    save_checkpoint({"model": model.state_dict(), "model_args": model.model_args, "config": {"arch": "siammae_tiny"},
+                     "epoch": 1}, path)
     encoder, _ = load_encoder(path)
     assert torch.equal(encoder.blocks[0].attn.qkv.weight, model.encoder.blocks[0].attn.qkv.weight)
     with pytest.raises(mae.CheckpointError, match="siammae_tiny"):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ml.demo import run_notebook
 from ml.plots import DPI, PANEL_INCHES
-from ml.samples import SamplesFileError, build_samples, load_samples, read_samples_file
+from ml.samples import SamplesFileError, build_samples, frame_to_plain, load_samples, read_samples_file
 from tests.conftest import REPO, SAMPLE_DIR
 
 NOTEBOOK = REPO / "SiamMAE.ipynb"
@@ -112,27 +112,47 @@ class RunsCode:
 
 def test_crafted_samples_file_is_refused_without_running_code(tmp_path: Path) -> None:
     marker = tmp_path / "code-ran"
-    content = {"format": "siammae-samples", "version": 1, "pairs": [RunsCode(marker)]}
+    content = {"format": "siammae-samples", "version": 2, "pairs": [RunsCode(marker)]}
     path = tmp_path / "samples.pickle"
     path.write_bytes(pickle.dumps(content))
     with pytest.raises(SamplesFileError, match="refused to load .*system"):
         load_samples(path)
     assert not marker.exists()
     # a torch tensor is not a plain value either
-    path.write_bytes(pickle.dumps({"format": "siammae-samples", "version": 1, "pairs": [torch.zeros(2)]}))
+    path.write_bytes(pickle.dumps({"format": "siammae-samples", "version": 2, "pairs": [torch.zeros(2)]}))
     with pytest.raises(SamplesFileError, match="refused to load torch"):
         read_samples_file(path)
 
 
+def test_samples_file_cannot_make_a_large_allocation(tmp_path: Path) -> None:
+    """A few hundred bytes must not make the reader allocate gigabytes (an array's shape is checked against
+    the bytes actually stored, and numpy's array rebuilding, which trusts the stated shape, is not allowed)."""
+    path = tmp_path / "samples.pickle"
+    # numpy's own pickle of an array: _reconstruct would allocate whatever shape the file states
+    path.write_bytes(pickle.dumps({"format": "siammae-samples", "version": 2, "pairs": [np.zeros((2, 2))]}))
+    with pytest.raises(SamplesFileError, match="refused to load numpy"):
+        read_samples_file(path)
+    huge = {"shape": [40000, 40000, 3], "rgb": b"\0" * 12}
+    fake = {"shape": [2000, 2000, 3], "rgb": b"\0" * 12}  # 12 MB stated, 12 bytes stored
+    for frame, message in ((huge, "shape must be"), (fake, "12 bytes for a frame of shape")):
+        content = {"format": "siammae-samples", "version": 2, "pairs": [{"f1": frame, "f2": frame}]}
+        path.write_bytes(pickle.dumps(content))
+        assert path.stat().st_size < 400
+        with pytest.raises(SamplesFileError, match=message):
+            read_samples_file(path)
+
+
 def test_samples_file_with_plain_values_but_wrong_layout_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "samples.pickle"
-    frame = np.zeros((8, 8, 3), np.uint8)
+    frame = frame_to_plain(np.zeros((8, 8, 3), np.uint8))
     cases = {
         "not a samples file": [1, 2, 3],
-        "holds no frame pairs": {"format": "siammae-samples", "version": 1, "pairs": []},
-        "must be a uint8 array": {"format": "siammae-samples", "version": 1,
-                                  "pairs": [{"f1": frame.astype(np.float32), "f2": frame}]},
-        "differ in shape": {"format": "siammae-samples", "version": 1, "pairs": [{"f1": frame, "f2": frame[:4]}]},
+        "has version 1": {"format": "siammae-samples", "version": 1, "pairs": [{"f1": frame, "f2": frame}]},
+        "holds no frame pairs": {"format": "siammae-samples", "version": 2, "pairs": []},
+        "must be a dict with 'shape' and 'rgb'": {"format": "siammae-samples", "version": 2,
+                                                  "pairs": [{"f1": [1, 2], "f2": frame}]},
+        "differ in shape": {"format": "siammae-samples", "version": 2,
+                            "pairs": [{"f1": frame, "f2": frame_to_plain(np.zeros((4, 8, 3), np.uint8))}]},
     }
     for message, content in cases.items():
         path.write_bytes(pickle.dumps(content, protocol=4))
@@ -152,8 +172,8 @@ def test_samples_round_trip_and_the_committed_file_is_reproducible(tmp_path: Pat
     read = read_samples_file(path)
     assert [p["split"] for p in read["pairs"]] == ["train", "train", "val", "val"]
     for a, b in zip(built["pairs"], read["pairs"]):
-        assert np.array_equal(a["f1"], b["f1"]) and np.array_equal(a["f2"], b["f2"])
-        assert a["f1"].shape == (112, 112, 3) and not np.array_equal(a["f1"], a["f2"])
+        assert a["f1"] == frame_to_plain(b["f1"]) and a["f2"] == frame_to_plain(b["f2"])
+        assert b["f1"].shape == (112, 112, 3) and not np.array_equal(b["f1"], b["f2"])
         assert b["indices"][1] - b["indices"][0] == b["gap_frames"] > 0
     # load_samples gives the model's input: ImageNet-normalised tensors that map back to the stored pixels
     pair = load_samples(path)[0]

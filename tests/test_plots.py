@@ -15,6 +15,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dataset_loader.dataset import KineticsFramePairs  # noqa: E402
+from ml.checkpoint import save_checkpoint  # noqa: E402
+from ml.engine import evaluate_loss  # noqa: E402
 from ml.plots import (  # noqa: E402
     last_layer_cls_attention,
     plot_attention_maps,
@@ -22,14 +24,13 @@ from ml.plots import (  # noqa: E402
     plot_pairs,
     plot_results_from_checkpoint,
     plot_sample,
-    read_log_columns,
     reconstruct,
     save_figure,
     to_display_image,
 )
+from ml.run import Run, read_log  # noqa: E402
 from ml.samples import load_samples  # noqa: E402
 from ml.SiamMAE import create_model  # noqa: E402
-from ml.train import evaluate_loss  # noqa: E402
 from tests.conftest import REPO, SAMPLE_DIR, read_frames, sample_videos  # noqa: E402
 
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
@@ -109,9 +110,8 @@ def test_plot_results_from_checkpoint_loads_the_run_and_plots_every_sample(tmp_p
     torch.manual_seed(5)
     model = create_model("siammae_tiny", img_size=64, mask_ratio=0.75).eval()
     run = tmp_path / "checkpoints" / "tiny_run"
-    run.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "arch": "siammae_tiny",
-                "model_kwargs": {"img_size": 64, "mask_ratio": 0.75}, "config": {}}, run / "checkpoint-last.pth")
+    save_checkpoint({"model": model.state_dict(), "model_args": model.model_args, "config": {"arch": "siammae_tiny"},
+                     "epoch": 3}, run / "checkpoint-last.pth")
     samples = load_samples(REPO / "samples.pickle")
     small = [torch.nn.functional.interpolate(torch.stack([s[k] for s in samples]), size=64, mode="bilinear")
              for k in ("f1", "f2")]
@@ -154,7 +154,7 @@ def test_plot_losses_two_runs(tmp_path: Path) -> None:
                 for e in range(1, 4) for s in range(5)]
         write_log(losses / f"{prefix}.txt", "# epoch step lr loss", rows)
     write_log(test_losses / "run_a.txt", "# epoch loss", [(1, 1.45), (2, 1.36), (3, 1.3)])
-    fig = plot_losses(["run_a", "run_b"], losses, test_losses)
+    fig = plot_losses(["run_a", Run(tmp_path, "run_b")], tmp_path)
     assert len(fig.axes) == 2
     for ax in fig.axes:
         assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
@@ -167,23 +167,27 @@ def test_plot_losses_two_runs(tmp_path: Path) -> None:
     assert per_epoch.get_ydata()[0] == pytest.approx(np.mean([r[3] for r in read_rows(losses / "run_a.txt")][:5]))
     plt.close(fig)
     with pytest.raises(FileNotFoundError, match="run_c"):
-        plot_losses("run_c", losses, test_losses)
+        plot_losses("run_c", tmp_path)
 
 
 def read_rows(path: Path) -> list[list[float]]:
     return [[float(v) for v in line.split()] for line in path.read_text().splitlines()[1:]]
 
 
-def test_read_log_columns_keeps_the_latest_line_after_a_resume(tmp_path: Path) -> None:
+def test_read_log_shows_the_history_a_resumed_run_continues(tmp_path: Path) -> None:
     path = tmp_path / "run.txt"
-    write_log(path, "# epoch step lr loss", [(0, 0, 1e-4, 2.0), (0, 1, 1e-4, 1.9), (1, 2, 1e-4, 1.8),
-                                             (1, 2, 1e-4, 1.7), (1, 3, 1e-4, 1.6)])  # step 2 logged twice
-    log = read_log_columns(path)
+    # steps 0-4, then a run resumed after step 1 (before its first save) wrote steps 2 and 3 again
+    write_log(path, "# epoch step lr loss", [(1, 0, 1e-4, 2.0), (1, 1, 1e-4, 1.9), (2, 2, 1e-4, 1.8),
+                                             (2, 3, 1e-4, 1.7), (3, 4, 1e-4, 1.65), (2, 2, 1e-4, 1.75),
+                                             (2, 3, 1e-4, 1.6)])
+    with open(path, "a") as f:
+        f.write("3 4 1e-4\n")  # a line cut short by a crash
+    log = read_log(path)
     assert list(log) == ["epoch", "step", "lr", "loss"]
-    assert log["loss"].tolist() == [2.0, 1.9, 1.7, 1.6]
+    assert log["loss"].tolist() == [2.0, 1.9, 1.75, 1.6]
     path.write_text("0 1.0\n")
     with pytest.raises(ValueError, match="no header"):
-        read_log_columns(path)
+        read_log(path)
 
 
 def test_cls_attention_at_another_resolution(tiny_model, real_pair) -> None:

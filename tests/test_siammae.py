@@ -9,6 +9,7 @@ import torch
 
 import mae
 from mae.pretrained import CheckpointError
+from ml.checkpoint import save_checkpoint
 from ml.SiamMAE import (
     DECODER_TYPES,
     SIAMMAE_PRESETS,
@@ -253,16 +254,17 @@ def test_state_dict_round_trip_gives_identical_outputs(tmp_path) -> None:
         assert torch.equal(a, b)
 
 
-def project_checkpoint(model: SiamMAE, arch: str, model_kwargs: dict | None = None) -> dict:
-    return {"model": model.state_dict(), "arch": arch, "model_kwargs": model_kwargs or {}, "config": {"epochs": 1}}
+def save_project_checkpoint(path, model: SiamMAE, arch: str, model_args: dict | None = None, epoch: int = 1) -> None:
+    """A checkpoint of this project's format holding `model` (its model_args unless others are given)."""
+    save_checkpoint({"model": model.state_dict(), "model_args": model_args or model.model_args,
+                     "config": {"arch": arch}, "epoch": epoch}, path)
 
 
 def test_prepare_model_loads_a_project_checkpoint(tmp_path) -> None:
     torch.manual_seed(0)
     model = create_model("siammae_tiny", decoder_type="cross", norm_pix_loss=False)
     path = tmp_path / "run" / "checkpoint-last.pth"
-    path.parent.mkdir()
-    torch.save(project_checkpoint(model, "siammae_tiny", {"decoder_type": "cross", "norm_pix_loss": False}), path)
+    save_project_checkpoint(path, model, "siammae_tiny")
     for source, arch in ((path, "siammae_tiny"), (path, None), (path.parent, "siammae_tiny")):
         loaded = prepare_model(source, arch)
         assert loaded.decoder.decoder_type == "cross" and loaded.norm_pix_loss is False
@@ -272,16 +274,17 @@ def test_prepare_model_loads_a_project_checkpoint(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="'siammae_tiny'.*'siammae_vit_small_patch16'"):
         prepare_model(path, "siammae_vit_small_patch16")
 
-    sd = model.state_dict()
-    sd["decoder.extra.weight"] = torch.zeros(1)
-    torch.save({"model": sd, "arch": "siammae_tiny", "model_kwargs": {"decoder_type": "cross"}}, tmp_path / "x.pth")
+    extra = create_model("siammae_tiny", decoder_type="cross", norm_pix_loss=False)
+    extra.decoder.extra = torch.nn.Linear(1, 1, bias=False)
+    save_project_checkpoint(tmp_path / "x.pth", extra, "siammae_tiny", model.model_args)
     with pytest.raises(CheckpointError, match=r"unexpected keys: decoder\.extra\.weight"):
         prepare_model(tmp_path / "x.pth", "siammae_tiny")
 
-    # a cross decoder's weights recorded without its model_kwargs: read as cross_self, self-attention is missing
-    torch.save(project_checkpoint(model, "siammae_tiny"), tmp_path / "wrong_kwargs.pth")
+    # a cross decoder's weights recorded with cross_self arguments: self-attention is missing
+    save_project_checkpoint(tmp_path / "wrong_args.pth", model, "siammae_tiny",
+                            {**model.model_args, "decoder_type": "cross_self"})
     with pytest.raises(CheckpointError, match=r"missing keys: decoder\.blocks\.0\.attn\."):
-        prepare_model(tmp_path / "wrong_kwargs.pth", "siammae_tiny")
+        prepare_model(tmp_path / "wrong_args.pth", "siammae_tiny")
 
 
 def tiny_mae(**kwargs) -> mae.MaskedAutoencoderViT:
@@ -315,7 +318,7 @@ def test_mae_checkpoint_initialises_the_encoder_only(tmp_path, capsys) -> None:
     torch.save({"model": tiny_mae(embed_dim=96).state_dict()}, tmp_path / "narrow.pth")
     with pytest.raises(CheckpointError, match=r"shape mismatches: .*cls_token"):
         create_model("siammae_tiny", pretrained=tmp_path / "narrow.pth")
-    with pytest.raises(ValueError, match="names no 'arch'"):
+    with pytest.raises(ValueError, match="not a checkpoint of this project: pass the preset"):
         prepare_model(tmp_path / "mae_pretrain.pth")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from ml.checkpoint import load_checkpoint
 from tests.conftest import REPO, SAMPLE_DIR, log_rows
 
 WORLD = 2
@@ -68,15 +69,14 @@ def _spawned_rank(rank: int, port: int, out_dir: str, report_dir: str) -> None:
     _record_writes(out_dir, writes)
     from ml.config import get_preset
     from ml.distributed import cleanup_distributed, init_distributed
-    from ml.train import build_model, make_train_loader, train
+    from ml.train import build_model, train
 
     ctx = init_distributed("cpu")
     assert (ctx.rank, ctx.world_size, ctx.distributed) == (rank, WORLD, True)
-    cfg = get_preset("quick", data=str(SAMPLE_DIR), output_dir=out_dir, epochs=2, lr=None, blr=0.01)
+    cfg = get_preset("quick", data=str(SAMPLE_DIR), output_dir=out_dir, epochs=2, lr=None, blr=0.01, device="cpu")
     torch.manual_seed(100 + rank)  # different initial weights: DistributedDataParallel must start all from rank 0's
     model = build_model(cfg)
-    train(model, make_train_loader(cfg), cfg.epochs, cfg.prefix, cfg.num_epochs_per_save, ctx.device, config=cfg,
-          progress=False)
+    train(cfg, model=model, progress=False)
     cleanup_distributed()
     torch.save({"writes": writes, "model": model.state_dict()}, Path(report_dir) / f"rank{rank}.pth")
 
@@ -97,7 +97,7 @@ def test_two_process_gloo_run_keeps_ranks_in_step_and_only_rank0_writes(tmp_path
     assert rank1["writes"] == []
     assert any("checkpoint-last.pth" in w for w in rank0["writes"]) and any("quick.txt" in w for w in rank0["writes"])
 
-    ckpt = torch.load(out / "checkpoints" / "quick" / "checkpoint-last.pth", weights_only=True)
+    ckpt = load_checkpoint(out / "checkpoints" / "quick" / "checkpoint-last.pth")
     for name, value in ckpt["model"].items():  # one model: the gradients were averaged over the ranks
         assert torch.equal(rank0["model"][name], value) and torch.equal(rank1["model"][name], value), name
     assert ckpt["world_size"] == WORLD and ckpt["epoch"] == 2
@@ -135,6 +135,40 @@ if os.environ.get("RANK", "0") != "0":
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "writes-rank1.txt").read_text().strip() == ""
     assert [(int(r[0]), int(r[1])) for r in log_rows(out / "losses" / "quick.txt")] == [(1, 0)]
-    ckpt = torch.load(out / "checkpoints" / "quick" / "checkpoint-1.pth", weights_only=True)
+    ckpt = load_checkpoint(out / "checkpoints" / "quick" / "checkpoint-1.pth")
     assert ckpt["world_size"] == 2 and ckpt["config"]["batch_size"] == 4
     assert "2 process(es)" in result.stdout and result.stdout.count("epoch 1/1") == 1  # rank 0 alone prints
+
+
+def _stalled_rank(rank: int, port: int, report_dir: str) -> None:
+    """Rank 0 waits at a barrier that rank 1 never reaches (rank 1 hangs, as a stopped rank would)."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from ml.config import parse_field_value
+    from ml.distributed import barrier, init_distributed
+
+    init_distributed("cpu", timeout_minutes=parse_field_value("dist_timeout_minutes", "0.05"))  # 3 s
+    if rank == 1:
+        time.sleep(60)
+        return
+    start = time.monotonic()
+    try:
+        barrier()
+        outcome = "passed"
+    except Exception as err:  # the collective's timeout
+        outcome = f"{type(err).__name__}: {err}"
+    Path(report_dir, "rank0.txt").write_text(f"{time.monotonic() - start:.1f}\n{outcome}")
+
+
+def test_dist_timeout_bounds_the_wait_for_a_stopped_rank(tmp_path) -> None:
+    context = mp.spawn(_stalled_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False)
+    try:
+        start = time.monotonic()
+        while not (tmp_path / "rank0.txt").is_file():
+            assert time.monotonic() - start < 50, "rank 0 was still waiting after 50 s"
+            time.sleep(0.2)
+    finally:
+        for p in context.processes:
+            p.kill()
+    waited, outcome = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    assert outcome != "passed" and 2.0 <= float(waited) < 30, (waited, outcome)

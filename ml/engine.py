@@ -1,0 +1,202 @@
+"""The epoch engine: one pass of training (forward, backward, optimiser step) and the held-out loss.
+
+The analogue of MAE's `engine_pretrain.py`: it knows batches, precision, accumulation and
+processes, nothing about files. `ml.train` calls it once per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ml.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
+
+TEST_MASK_SEED = 1234  # masks of the held-out loss: batch b of rank r uses seed TEST_MASK_SEED + b * world + r
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped at a step boundary because a stop was asked for (SIGINT, SIGTERM)."""
+
+
+# ---------------------------------------------------------------- precision
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 elsewhere; checks explicit choices."""
+    if device.type == "cuda":
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"precision bf16 was asked for, but {torch.cuda.get_device_name(device)} lacks it: "
+                             f"use fp16")
+        return precision
+    if precision == "auto":
+        return "fp32"
+    if precision == "fp16":
+        raise ValueError(f"precision fp16 needs a CUDA GPU; on {device.type} use fp32 (or bf16)")
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of a resolved precision (none for fp32)."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled for fp16 only (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel or torch.compile (the model itself otherwise)."""
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Progress bars on rank 0, in a terminal or a notebook, unless told otherwise."""
+    if progress is not None:
+        return progress and is_main_process()
+    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
+    return interactive and is_main_process()
+
+
+# ---------------------------------------------------------------- one epoch
+def train_one_epoch(
+    data_loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device | str,
+    model: nn.Module,
+    *,
+    epoch: int = 0,
+    scaler: torch.amp.GradScaler | None = None,
+    precision: str = "auto",
+    accum_iter: int = 1,
+    clip_grad: float | None = None,
+    mask_ratio: float | None = None,
+    log: Callable[[int, int, float, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress: bool | None = None,
+) -> list[float]:
+    """One pass over `data_loader` (batches `(f1, f2)`); returns the loss of every iteration.
+
+    `scheduler`: any torch LR scheduler (stepped after each optimiser step) or None. `epoch`: the
+    0-based epoch index, for the log and the messages. With `accum_iter` > 1 gradients of that many
+    iterations make one step (a trailing remainder of the loader that cannot fill a step is
+    skipped). `log(epoch, step, lr, loss)` receives every iteration (epoch counted from 1, step the
+    iteration's index over the run). Under DistributedDataParallel the losses are averaged over
+    processes. A NaN or infinite loss raises FloatingPointError naming the epoch and iteration,
+    before any update with it. When `should_stop()` turns true in any process, every process stops
+    together after the current optimiser step with TrainingStopped.
+    """
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    if scaler is None:
+        scaler = make_grad_scaler(precision, device)
+    num_iters = len(data_loader) // accum_iter * accum_iter
+    if num_iters == 0:
+        raise ValueError(f"the data loader yields {len(data_loader)} batch(es) per epoch, fewer than the "
+                         f"{accum_iter} iterations of one optimiser step: lower the batch size or accum_iter")
+    world = get_world_size()
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    losses: list[float] = []
+    pairs_seen, start = 0, time.perf_counter()
+    bar = tqdm(total=num_iters, desc=f"epoch {epoch + 1}", disable=not show_progress(progress),
+               leave=False, dynamic_ncols=True)
+    try:
+        for it, (f1, f2) in enumerate(data_loader):
+            if it >= num_iters:
+                break
+            lr = float(optimizer.param_groups[0]["lr"])
+            step_now = (it + 1) % accum_iter == 0
+            f1 = f1.to(device, non_blocking=True)
+            f2 = f2.to(device, non_blocking=True)
+            no_sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not step_now else nullcontext()
+            with no_sync:
+                with autocast(precision, device):
+                    loss, _, _ = model(f1, f2, mask_ratio=mask_ratio)
+                # every process sees the same (summed) values, so all of them stop together
+                stop_flag = float(bool(should_stop and should_stop()))
+                total, stops = all_reduce_sum([loss.item(), stop_flag], device)
+                loss_value = total / world
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(
+                        f"loss is {loss_value} at epoch {epoch + 1}, iteration {it} of {num_iters} "
+                        f"(step {epoch * num_iters + it} of the run); training stopped before updating with it"
+                    )
+                scaler.scale(loss / accum_iter).backward()
+            if step_now:
+                if clip_grad is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                if scheduler is not None:
+                    scheduler.step()
+            losses.append(loss_value)
+            if log is not None:
+                log(epoch + 1, epoch * num_iters + it, lr, loss_value)
+            pairs_seen += f1.shape[0] * world
+            rate = pairs_seen / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", pairs_s=f"{rate:.1f}", refresh=False)
+            bar.update()
+            if step_now and stops > 0:
+                raise TrainingStopped(f"stopped at epoch {epoch + 1}, iteration {it + 1} of {num_iters}")
+    finally:
+        bar.close()
+    return losses
+
+
+# ---------------------------------------------------------------- held-out loss
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module,
+    data_loader: Iterable,
+    device: torch.device | str,
+    *,
+    precision: str = "auto",
+    mask_ratio: float | None = None,
+    mask_seed: int = TEST_MASK_SEED,
+) -> float:
+    """Mean loss over `data_loader` with fixed masks (seeded per batch), leaving the global RNG untouched.
+
+    With a loader of fixed pairs (`KineticsFramePairs(..., fixed_pairs=True, augment=False)`, as
+    `ml.train.make_test_loader` builds), the value is comparable across epochs and runs. Averaged
+    over processes when distributed (each process evaluates its share of the loader).
+    """
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    module = unwrap_model(model)
+    was_training = module.training
+    module.eval()
+    rank, world = get_rank(), get_world_size()
+    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    total, count = 0.0, 0.0
+    # the whole pass in a fork of the RNG: training draws the same numbers with or without a test loss
+    with torch.random.fork_rng(devices=cuda_devices):
+        try:
+            for b, (f1, f2) in enumerate(data_loader):
+                torch.manual_seed(mask_seed + b * world + rank)
+                with autocast(precision, device):
+                    loss, _, _ = module(f1.to(device), f2.to(device), mask_ratio=mask_ratio)
+                total += loss.item() * f1.shape[0]
+                count += f1.shape[0]
+        finally:
+            module.train(was_training)
+    total, count = all_reduce_sum([total, count], device)
+    if count == 0:
+        raise ValueError("the held-out loader yielded no batch")
+    return total / count
