@@ -33,6 +33,7 @@ import torch
 
 import mae  # noqa: F401  (first: makes torchvision importable for timm on a CPU-only torch)
 from bench import sync_device
+from ml.config import TrainConfig
 from ml.evaluate import read_label_png, write_synthetic_davis
 from ml.label_propagation import (
     FeatureExtractor,
@@ -65,7 +66,7 @@ def _rss_mib(field: str = "VmRSS") -> float:
 def benchmark_sequence(
     frame_paths: list[Path],
     first_annotation: Path | None,
-    arch: str = "siammae_vit_small_patch16",
+    arch: str = TrainConfig.arch,
     size: tuple[int, int] | None = None,
     runs: int = 1,
     warmup: bool = True,
@@ -169,7 +170,7 @@ def _in_fresh_process(kwargs: dict) -> dict:
 
 
 def run_benchmark(
-    arch: str = "siammae_vit_small_patch16",
+    arch: str = TrainConfig.arch,
     size: tuple[int, int] | None = None,
     frames: int = 30,
     frame_hw: tuple[int, int] = (480, 854),
@@ -210,7 +211,7 @@ def _parse_hw(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description="label propagation speed and memory")
-    p.add_argument("--arch", default="siammae_vit_small_patch16")
+    p.add_argument("--arch", default=TrainConfig.arch)
     p.add_argument("--size", type=_parse_hw, default=None, help="encoder input HxW (default: the frame size)")
     p.add_argument("--frames", type=int, default=30, help="frames of the generated sequence")
     p.add_argument("--frame-size", type=_parse_hw, default=(480, 854), help="HxW of the generated frames")

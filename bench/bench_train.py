@@ -40,6 +40,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import save_json, sync_device
+from ml.config import TrainConfig
 from ml.SiamMAE import SiamMAE, create_model
 
 DEFAULT_PRESETS = ("siammae_tiny", "siammae_vit_small_patch16", "siammae_vit_base_patch16")
@@ -156,7 +157,8 @@ class Stepper:
 
     def __init__(self, module: nn.Module, f1: torch.Tensor, f2: torch.Tensor, autocast_dtype: torch.dtype | None):
         self.module, self.f1, self.f2, self.autocast_dtype = module, f1, f2, autocast_dtype
-        self.opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95))
+        trained = [p for p in module.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(trained, lr=1e-4, betas=TrainConfig.betas)
 
     def forward_backward(self) -> None:
         device = self.f1.device

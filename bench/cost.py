@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 H100_BF16_DENSE_PEAK = 989e12  # FLOP/s: H100 SXM, bf16 tensor cores, dense (no sparsity), from NVIDIA's data sheet
 MFU_ASSUMPTIONS = (0.30, 0.40)  # model-FLOP utilisation a well-tuned ViT training run reaches: an assumption
 GPU_COUNTS = (1, 8)
-COST_PRESET = "siammae_vit_small_patch16"
+COST_PRESET = get_preset("paper_vit_s16_400").arch  # the model whose measured step the cost uses
 LOADER_VARIANT = "ours (R=2)"  # the recipe's repeated sampling 2
 
 

@@ -15,6 +15,7 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ml.config import TrainConfig
 from ml.SiamMAE import DECODER_TYPES, SIAMMAE_PRESETS, SiamMAE, create_model
 
 
@@ -61,8 +62,8 @@ def markdown_table(rows: list[dict], first_column: str = "preset") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--mask-ratio", type=float, default=0.95)
+    parser.add_argument("--img-size", type=int, default=TrainConfig.img_size)
+    parser.add_argument("--mask-ratio", type=float, default=TrainConfig.mask_ratio)
     args = parser.parse_args()
 
     rows = []
@@ -76,7 +77,7 @@ def main() -> None:
     print(f"Presets (mask ratio {args.mask_ratio}, default cross_self decoder):\n")
     print(markdown_table(rows))
 
-    arch = "siammae_vit_small_patch16"
+    arch = TrainConfig.arch
     variants = [{**preset_row(arch, args.img_size, args.mask_ratio, decoder_type=t), "label": t} for t in DECODER_TYPES]
     print(f"\nDecoder variants of {arch}:\n")
     print(markdown_table(variants, first_column="decoder_type"))

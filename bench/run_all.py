@@ -427,13 +427,13 @@ def cost_from_text(text: str) -> tuple[dict, dict] | None:
 
 
 def render_cost(cost: dict, meta: dict, output: Path) -> str:
-    from bench.cost import format_cost
+    from bench.cost import COST_PRESET, format_cost
 
     command = "python -m bench.cost" + ("" if output.resolve() == BENCHMARKS_MD else f" --benchmarks {_rel(output)}")
     lines = [f"- Derived (no timing of its own) from the train section's run of {meta['train_run']} and the data "
              f"section's run of {meta['data_run']}; recomputed whenever either is re-run.",
              f"- Command: `{command}` (reads those figures from this file)."]
-    if cost["preset"] != "siammae_vit_small_patch16":
+    if cost["preset"] != COST_PRESET:
         lines += ["", f"**Computed from `{cost['preset']}`, not ViT-S/16: a quick run.**"]
     return "\n".join(lines) + "\n\n" + format_cost(cost)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 _MAE_URL = "https://dl.fbaipublicfiles.com/mae"
 MAE_PRETRAINED_URLS: dict[str, str] = {
@@ -121,37 +119,25 @@ def load_mae_weights(
     return LoadReport(loaded=sorted(sd), missing=missing)
 
 
-def download_pretrained_model(url: str, dir: str | os.PathLike = "checkpoints/mae", timeout: float = 60.0) -> Path:
-    """Download an official MAE checkpoint (a URL, or a name of MAE_PRETRAINED_URLS) into `dir`.
+def download_pretrained_model(url: str, dir: str | os.PathLike = "checkpoints/mae") -> Path:
+    """Download an official MAE checkpoint (a URL, or a name of MAE_PRETRAINED_URLS) into `dir`, with a progress bar.
 
-    Skips the download when the file is already there. Writes to a temporary file and renames it
-    when complete, so an interrupted download never leaves a truncated checkpoint behind.
+    Skips the download when the file is already there. `torch.hub.download_url_to_file` writes to a
+    temporary file and renames it when complete, so an interrupted download never leaves a truncated
+    checkpoint behind. Offline, the error says where to put a copy of the file.
     """
     url = MAE_PRETRAINED_URLS.get(url, url)
-    dest_dir = Path(dir)
-    dest = dest_dir / Path(urllib.request.urlparse(url).path).name
+    dest = Path(dir) / Path(urllib.request.urlparse(url).path).name
     if dest.is_file():
         return dest
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".part")
+    if not urllib.request.urlparse(url).scheme:
+        raise CheckpointError(f"{url!r} is neither a file, a URL nor a name of {', '.join(MAE_PRETRAINED_URLS)}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)
-            except (urllib.error.URLError, TimeoutError, OSError) as err:
-                raise CheckpointError(
-                    f"could not download {url}: {getattr(err, 'reason', err)}. Are you offline? Download it "
-                    f"elsewhere and place it at {dest}."
-                ) from err
-            with response, tqdm(
-                total=int(response.headers.get("Content-Length") or 0) or None,
-                unit="B", unit_scale=True, desc=dest.name,
-            ) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        os.replace(tmp_name, dest)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+        torch.hub.download_url_to_file(url, str(dest), progress=True)
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        raise CheckpointError(
+            f"could not download {url}: {getattr(err, 'reason', err)}. Are you offline? Download it elsewhere and "
+            f"place it at {dest}."
+        ) from err
     return dest

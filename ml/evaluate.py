@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 import mae  # noqa: F401  (first: makes torchvision importable for timm on a CPU-only torch)
 from ml.checkpoint import atomic_file
+from ml.config import TrainConfig
 from ml.davis_metrics import VOID_LABEL, sequence_scores, statistics
 from ml.label_propagation import (
     FeatureExtractor,
@@ -44,7 +45,7 @@ from ml.label_propagation import (
 )
 
 DATASETS = ("davis", "jhmdb", "vip")
-DEFAULT_ARCH = "siammae_vit_small_patch16"
+DEFAULT_ARCH = TrainConfig.arch  # the paper's ViT-S/16
 # evaluation sizes of the protocol: DAVIS at the frames' own size (480p), JHMDB 320x320, VIP 560x560
 DEFAULT_SIZES: dict[str, int | tuple[int, int] | None] = {"davis": None, "jhmdb": (320, 320), "vip": (560, 560)}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ml.checkpoint import atomic_file
+from ml.config import TrainConfig
 
 SAMPLES_FORMAT = "siammae-samples"
 SAMPLES_VERSION = 2
@@ -140,8 +141,8 @@ def build_samples(
     pairs_per_split: int = 2,
     img_size: int = 112,
     seed: int = 0,
-    min_gap: int = 4,
-    max_gap: int = 48,
+    min_gap: int = TrainConfig.min_gap,
+    max_gap: int = TrainConfig.max_gap,
 ) -> dict:
     """Take `pairs_per_split` fixed, unaugmented frame pairs from each split of `source`; write them to `output`.
 
