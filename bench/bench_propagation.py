@@ -1,18 +1,18 @@
 """Speed and memory of label propagation at DAVIS resolution.
 
-    python -m bench.bench_propagation                      # ViT-S/16 on CPU: davis_mini + a generated 480p sequence
-    python -m bench.bench_propagation --device cuda --runs 5
+    python -m bench.bench_propagation                      # ViT-S/16 on CPU, every protocol: davis_mini + 480p
+    python -m bench.bench_propagation --protocols crw --device cuda --runs 5
     python -m bench.bench_propagation --arch siammae_tiny --size 64x112 --frames 4 --runs 1   # seconds-long check
 
-Per frame it times (wall clock) the two stages separately: encoding (the ViT on the whole frame)
-and propagation (affinities to the first frame and the queue, top-k, softmax, weighted labels,
-upsampling to the frame and argmax). Frames are decoded before timing, so disk and JPEG decoding
-are not included. The process CPU time per frame and the load average are reported too: on a
-shared machine the wall clock also measures the other processes. Each figure is the median over
-every timed frame of every run, after a warm-up run; the first frame (encoded only) is left out.
-Memory: on CPU the peak resident set size of a fresh process (`VmHWM` of /proc/self/status)
-running only this benchmark, next to its size before the first frame (model and frames loaded);
-on CUDA `torch.cuda.max_memory_allocated`.
+Per frame it times (wall clock) the two stages separately: encoding (the ViT on the whole frame at
+the protocol's input size) and propagation (affinities to the first frame and the queue, top-k,
+softmax, weighted labels, the protocol's upsampling to the annotation and argmax). Frames are
+decoded before timing, so disk and JPEG decoding are not included. The process CPU time per frame
+and the load average are reported too: on a shared machine the wall clock also measures the other
+processes. Each figure is the median over every timed frame of every run, after a warm-up run; the
+first frame (encoded only) is left out. Memory: on CPU the peak resident set size of a fresh process
+(`VmHWM` of /proc/self/status) running only this benchmark, next to its size before the first frame
+(model and frames loaded); on CUDA `torch.cuda.max_memory_allocated`.
 The weights are a random initialisation: speed does not depend on their values.
 """
 
@@ -34,16 +34,10 @@ import torch
 import mae  # noqa: F401  (first: makes torchvision importable for timm on a CPU-only torch)
 from bench import sync_device
 from ml.config import TrainConfig
-from ml.evaluate import read_label_png, write_synthetic_davis
-from ml.label_propagation import (
-    FeatureExtractor,
-    LabelPropagator,
-    labels_to_grid,
-    load_frame,
-    one_hot,
-    propagation_config,
-    upsample_labels,
-)
+from ml.eval.data import read_label_png, write_synthetic_davis
+from ml.eval.features import FeatureExtractor, labels_from_grid, labels_to_grid, load_frame
+from ml.eval.propagation import DEFAULT_MAX_AFFINITY_ELEMENTS, LabelPropagator
+from ml.eval.protocols import PROTOCOLS, get_protocol
 
 REPO = Path(__file__).resolve().parents[1]
 DAVIS_MINI = Path(os.environ.get("SIAMMAE_SHARED_DATA", REPO.parent / "shared" / "data")) / "davis_mini"
@@ -72,12 +66,15 @@ def benchmark_sequence(
     warmup: bool = True,
     device: str = "cpu",
     threads: int | None = None,
+    protocol: str = "crw",
 ) -> dict:
     """Time encoding and propagation per frame on one sequence; returns medians (s/frame) and memory (MiB).
 
-    size None: the frames' own size (rounded to the patch). Without an annotation, the first
-    frame gets two made-up objects (speed does not depend on the labels).
+    size None: the protocol's input size; (H, W) replaces it. Without an annotation, the first frame
+    gets two made-up objects (speed does not depend on the labels).
     """
+    from PIL import Image
+
     from ml.SiamMAE import create_model
 
     if threads:
@@ -85,11 +82,12 @@ def benchmark_sequence(
     dev = torch.device(device)
     torch.manual_seed(0)
     encoder = create_model(arch).encoder
-    extractor = FeatureExtractor(encoder, device=dev, size=size)
-    with_size = load_frame(frame_paths[0])
-    image_hw = tuple(with_size.shape[1:])
+    config = get_protocol(protocol, "davis", **({} if size is None else {"size_rule": "fixed", "size": tuple(size)}))
+    extractor = FeatureExtractor(encoder, config, device=dev)
+    with Image.open(frame_paths[0]) as img:
+        image_hw = (img.height, img.width)
     size_hw = extractor.input_size(image_hw)
-    frames = [load_frame(p, size_hw) for p in frame_paths]
+    frames = [load_frame(p, size_hw, config.resize) for p in frame_paths]
     if first_annotation is not None:
         ids, _ = read_label_png(first_annotation)
     else:
@@ -98,7 +96,6 @@ def benchmark_sequence(
         ids[image_hw[0] // 2:, image_hw[1] // 2:] = 2
     num_labels = int(ids[ids != 255].max()) + 1
     labels_hw = ids.shape
-    config = propagation_config("davis")
     rss_before = _rss_mib()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -108,7 +105,8 @@ def benchmark_sequence(
         sync_device(dev)
         feats = extractor(frames[0][None])[0]
         grid = tuple(feats.shape[:2])
-        propagator = LabelPropagator(feats, labels_to_grid(one_hot(ids, num_labels), grid).to(dev), config)
+        first = labels_to_grid(ids, num_labels, size_hw, grid, config).to(dev)
+        propagator = LabelPropagator(feats, first, config)
         for frame in frames[1:]:
             c0 = time.process_time()
             t0 = time.perf_counter()
@@ -116,7 +114,7 @@ def benchmark_sequence(
             sync_device(dev)
             t1 = time.perf_counter()
             soft = propagator.step(feats)
-            upsample_labels(soft, labels_hw).argmax(0).cpu()
+            labels_from_grid(soft, size_hw, labels_hw, config).cpu()
             sync_device(dev)
             t2 = time.perf_counter()
             encode_s.append(t1 - t0)
@@ -136,6 +134,7 @@ def benchmark_sequence(
     grid = (size_hw[0] // extractor.patch_size, size_hw[1] // extractor.patch_size)
     keys = grid[0] * grid[1] * (1 + min(config.queue_length, len(frames) - 1))
     result = {
+        "protocol": protocol,
         "arch": arch,
         "device": str(dev),
         "torch_threads": torch.get_num_threads(),
@@ -152,7 +151,7 @@ def benchmark_sequence(
         "total_s_per_frame_max": max(total),
         "cpu_s_per_frame": statistics.median(cpu_all),  # CPU time of all threads: less sensitive to other load
         "load_average_1min": os.getloadavg()[0],
-        "affinity_chunk_mib": min(config.max_affinity_elements, keys * grid[0] * grid[1]) * 4 / 2**20,
+        "affinity_chunk_mib": min(DEFAULT_MAX_AFFINITY_ELEMENTS, keys * grid[0] * grid[1]) * 4 / 2**20,
         "rss_before_mib": rss_before,
     }
     if dev.type == "cuda":
@@ -180,27 +179,25 @@ def run_benchmark(
     threads: int | None = None,
     use_davis_mini: bool = True,
     isolate: bool = True,
+    protocols: tuple[str, ...] = PROTOCOLS,
 ) -> list[dict]:
-    """Benchmarks on davis_mini (when present) and on a generated sequence of `frames` frames of `frame_hw`.
-
-    Small arguments give a seconds-long check (`isolate=False` runs in this process).
-    """
+    """Benchmarks, per protocol, on davis_mini (when present) and on a generated sequence of `frames` frames
+    of `frame_hw`. Small arguments give a seconds-long check (`isolate=False` runs in this process)."""
     call = _in_fresh_process if isolate else (lambda kw: benchmark_sequence(**kw))
-    common = {"arch": arch, "size": size, "device": device, "threads": threads}
     results = []
-    if use_davis_mini and DAVIS_MINI.is_dir():
-        seq = DAVIS_MINI / "JPEGImages" / "480p" / "street"
-        paths = sorted(seq.glob("*.jpg"))
-        ann = DAVIS_MINI / "Annotations" / "480p" / "street" / f"{paths[0].stem}.png"
-        results.append({"data": "davis_mini/street",
-                        **call({**common, "frame_paths": paths, "first_annotation": ann, "runs": davis_mini_runs})})
     with tempfile.TemporaryDirectory() as tmp:
         root = write_synthetic_davis(tmp, num_sequences=1, num_frames=frames, size=frame_hw)
-        seq = root / "JPEGImages" / "480p" / "synthetic00"
-        paths = sorted(seq.glob("*.jpg"))
-        ann = root / "Annotations" / "480p" / "synthetic00" / f"{paths[0].stem}.png"
-        results.append({"data": f"generated {frame_hw[0]}x{frame_hw[1]}, {frames} frames",
-                        **call({**common, "frame_paths": paths, "first_annotation": ann, "runs": runs})})
+        generated = sorted((root / "JPEGImages" / "480p" / "synthetic00").glob("*.jpg"))
+        generated_ann = root / "Annotations" / "480p" / "synthetic00" / f"{generated[0].stem}.png"
+        for protocol in protocols:
+            common = {"arch": arch, "size": size, "device": device, "threads": threads, "protocol": protocol}
+            if use_davis_mini and DAVIS_MINI.is_dir():
+                paths = sorted((DAVIS_MINI / "JPEGImages" / "480p" / "street").glob("*.jpg"))
+                ann = DAVIS_MINI / "Annotations" / "480p" / "street" / f"{paths[0].stem}.png"
+                results.append({"data": "davis_mini/street", **call(
+                    {**common, "frame_paths": paths, "first_annotation": ann, "runs": davis_mini_runs})})
+            results.append({"data": f"generated {frame_hw[0]}x{frame_hw[1]}, {frames} frames", **call(
+                {**common, "frame_paths": generated, "first_annotation": generated_ann, "runs": runs})})
     return results
 
 
@@ -212,7 +209,8 @@ def _parse_hw(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description="label propagation speed and memory")
     p.add_argument("--arch", default=TrainConfig.arch)
-    p.add_argument("--size", type=_parse_hw, default=None, help="encoder input HxW (default: the frame size)")
+    p.add_argument("--size", type=_parse_hw, default=None, help="encoder input HxW (default: the protocol's)")
+    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     p.add_argument("--frames", type=int, default=30, help="frames of the generated sequence")
     p.add_argument("--frame-size", type=_parse_hw, default=(480, 854), help="HxW of the generated frames")
     p.add_argument("--runs", type=int, default=1, help="timed runs over the generated sequence (after a warm-up)")
@@ -223,9 +221,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--output", default=str(REPO / "bench" / "results" / "propagation.json"))
     a = p.parse_args(argv)
     results = run_benchmark(a.arch, a.size, a.frames, a.frame_size, a.runs, a.davis_mini_runs, a.device, a.threads,
-                            use_davis_mini=not a.no_davis_mini)
+                            use_davis_mini=not a.no_davis_mini, protocols=tuple(a.protocols))
     for r in results:
-        print(f"{r['data']}: {r['arch']} on {r['device']} ({r['torch_threads']} threads), input "
+        print(f"{r['protocol']}, {r['data']}: {r['arch']} on {r['device']} ({r['torch_threads']} threads), input "
               f"{r['encoder_input'][0]}x{r['encoder_input'][1]} -> grid {r['grid'][0]}x{r['grid'][1]}: "
               f"{r['total_s_per_frame']:.3f} s/frame (encode {r['encode_s_per_frame']:.3f}, propagate "
               f"{r['propagate_s_per_frame']:.3f}; median of {r['timed_frames']} frames; CPU "

@@ -287,8 +287,8 @@ def run_propagation(quick: bool, results_dir: Path) -> tuple[list[dict], str]:
 
     json_path = results_dir / "propagation.json"
     if quick:
-        results = bench_propagation.run_benchmark(arch="siammae_tiny", frames=3, frame_hw=(64, 112), runs=1,
-                                                  use_davis_mini=False, isolate=False)
+        results = bench_propagation.run_benchmark(arch="siammae_tiny", size=(64, 112), frames=3, frame_hw=(64, 112),
+                                                  runs=1, use_davis_mini=False, isolate=False, protocols=("crw",))
         write_text_atomic(json_path, json.dumps(results, indent=1))
         return results, "(quick: bench_propagation.run_benchmark, siammae_tiny on 3 generated 64x112 frames)"
     argv = ["--runs", "5", "--davis-mini-runs", "5", "--output", str(json_path.resolve())]
@@ -386,16 +386,18 @@ def _baseline_pairs(results: list[dict]) -> list[tuple[dict, dict]]:
 
 def render_propagation(results: list[dict]) -> str:
     lines = [
-        "| data | model, device | frame → encoder input → grid | s/frame, median (min-max) | encode s | propagate s "
-        "| CPU s/frame | peak RSS MiB (before the first frame) | DAVIS-2017 val (1999 frames) | timed frames |",
-        "|---|---|---|---|---:|---:|---:|---|---:|---:|",
+        "| protocol | data | model, device | frame → encoder input → grid | s/frame, median (min-max) | encode s | "
+        "propagate s | CPU s/frame | peak RSS MiB (before the first frame) | DAVIS-2017 val (1999 frames) | "
+        "timed frames |",
+        "|---|---|---|---|---|---:|---:|---:|---|---:|---:|",
     ]
     for r in results:
         memory = f"{r['peak_rss_mib']:.0f} ({r['rss_before_mib']:.0f})"
         if "peak_cuda_allocated_mib" in r:
             memory += f"; CUDA {r['peak_cuda_allocated_mib']:.0f}"
         lines.append(
-            f"| {r['data']} | {r['arch']}, {r['device']} ({r['torch_threads']} threads) | "
+            f"| {r.get('protocol', 'causal')} | {r['data']} | {r['arch']}, {r['device']} "
+            f"({r['torch_threads']} threads) | "
             f"{r['frame_size'][0]}x{r['frame_size'][1]} → {r['encoder_input'][0]}x{r['encoder_input'][1]} → "
             f"{r['grid'][0]}x{r['grid'][1]} | "
             f"{_fmt_range(r['total_s_per_frame'], r['total_s_per_frame_min'], r['total_s_per_frame_max'], 3)} | "

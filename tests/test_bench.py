@@ -72,15 +72,17 @@ def test_train_benchmark_rejects_mismatched_batches():
 
 
 def test_propagation_benchmark_at_a_tiny_size():
-    (row,) = bench_propagation.run_benchmark(arch="siammae_tiny", frames=3, frame_hw=(64, 112), runs=2,
-                                             use_davis_mini=False, isolate=False)
+    rows = bench_propagation.run_benchmark(arch="siammae_tiny", size=(64, 112), frames=3, frame_hw=(64, 112), runs=2,
+                                           use_davis_mini=False, isolate=False)
+    assert [r["protocol"] for r in rows] == ["crw", "causal", "dino"]
+    row = rows[0]
     assert row["grid"] == [4, 7] and row["frame_size"] == [64, 112]
     assert row["timed_frames"] == 2 * 2  # frames after the first, in each run
     assert row["total_s_per_frame_min"] <= row["total_s_per_frame"] <= row["total_s_per_frame_max"]
     assert row["encode_s_per_frame"] > 0 and row["propagate_s_per_frame"] > 0
     assert row["peak_rss_mib"] >= row["rss_before_mib"] > 0
-    table = run_all.render_propagation([row])
-    assert "| generated 64x112, 3 frames | siammae_tiny, cpu" in table and "64x112 → 64x112 → 4x7" in table
+    table = run_all.render_propagation(rows)
+    assert "| crw | generated 64x112, 3 frames | siammae_tiny, cpu" in table and "64x112 → 64x112 → 4x7" in table
 
 
 def _train_row(step_s: float = 2.0, batch: int = 8, gflop_per_pair: float = 70.0) -> dict:

@@ -1,4 +1,4 @@
-"""J (region IoU) and F (boundary F-measure) on masks whose scores can be worked out by hand."""
+"""DAVIS J and F as the official semi-supervised scorer computes them, on cases worked out by hand; PCK; mIoU."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ml.davis_metrics import (
+from ml.eval.metrics import (
     boundary_f_measure,
     boundary_map,
     boundary_radius,
+    confusion_matrix,
+    davis_sequence_scores,
+    davis_summary,
     disk,
+    iou_per_class,
+    pck,
+    pck_distances,
     region_similarity,
-    sequence_scores,
     statistics,
     within_radius,
 )
@@ -48,11 +53,21 @@ def test_known_overlap_gives_its_iou() -> None:
     assert region_similarity(square(10, 10), square(10, 15)) == pytest.approx(300 / 500)
 
 
-def test_void_pixels_are_left_out() -> None:
-    gt, pred = square(10, 10), square(10, 15)
-    void = np.zeros_like(gt)
-    void[:, 10:15] = True  # exactly the columns where only gt is set
-    assert region_similarity(gt, pred, void) == pytest.approx(300 / 400)
+def test_void_pixels_count_as_background_as_the_official_scorer_has_it() -> None:
+    """davis2017-evaluation's semi-supervised task sets void (255) to background and passes no void mask to J
+    and F: a prediction over a void area is a false positive there, and void inside an object is a hole."""
+    gt = np.zeros((3, 100, 100), np.uint8)
+    gt[:, 10:30, 10:30] = 1
+    gt[1, 10:30, 30:40] = 255  # void beside the object, where the prediction spreads
+    gt[1, 15:20, 15:20] = 255  # and a void hole inside it
+    pred = np.zeros_like(gt)
+    pred[:, 10:30, 10:40] = 1
+    J, F = davis_sequence_scores(gt, pred)
+    # object: 400 - 25 (the hole) = 375 pixels; prediction 600 pixels covering all of them
+    assert J[0, 0] == pytest.approx(375 / 600)
+    excluded = region_similarity(gt[1] == 1, pred[1] == 1, gt[1] == 255)  # what excluding void would give
+    assert excluded == 1.0 and J[0, 0] < 0.7
+    assert F[0, 0] < 1.0  # the hole and the void band are boundaries the prediction lacks / has too many of
 
 
 def test_boundary_map_of_a_square_is_its_outline_shifted_towards_the_origin() -> None:
@@ -109,7 +124,7 @@ def test_sequence_scores_skip_first_and_last_frames_and_split_objects() -> None:
     pred[0] = 0  # first and last frames are not scored
     pred[3] = 0
     pred[2][pred[2] == 2] = 0  # object 2 lost in frame 2
-    J, F = sequence_scores(gt, pred)
+    J, F = davis_sequence_scores(gt, pred)
     assert J.shape == (2, 2) and F.shape == (2, 2)
     assert J[0].tolist() == [1.0, 1.0] and J[1].tolist() == [1.0, 0.0]
     assert F[1].tolist() == [1.0, 0.0]
@@ -121,6 +136,56 @@ def test_sequence_scores_reject_unknown_predicted_ids_and_short_sequences() -> N
     bad = gt.copy()
     bad[1, 5, 5] = 3
     with pytest.raises(ValueError, match=r"predicted ids \[3\]"):
-        sequence_scores(gt, bad)
+        davis_sequence_scores(gt, bad)
     with pytest.raises(ValueError, match="at least 3 frames"):
-        sequence_scores(gt[:2], gt[:2])
+        davis_sequence_scores(gt[:2], gt[:2])
+    # ids above the objects in the first or last frame are never read, as in the official tool
+    ignored = gt.copy()
+    ignored[0, 5, 5] = ignored[3, 5, 5] = 7
+    J, _ = davis_sequence_scores(gt, ignored)
+    assert J.tolist() == [[1.0, 1.0]]
+
+
+def test_objects_come_from_the_first_annotation_and_unpredicted_ones_score_zero() -> None:
+    gt = np.zeros((5, 40, 40), np.uint8)
+    gt[:, :10, :10] = 1
+    gt[:, 20:30, 20:30] = 2
+    gt[0, 35:, 35:] = 255  # void in the first frame is not an object
+    pred = np.where(gt == 2, 0, gt)  # object 2 never predicted: the tool pads it with empty masks
+    J, F = davis_sequence_scores(gt, pred)
+    assert J.shape == (2, 3) and J[0].tolist() == [1.0] * 3
+    assert J[1].tolist() == [0.0] * 3 and F[1].tolist() == [0.0] * 3
+    summary, rows = davis_summary({"seq": (J, F)})
+    assert [r["Sequence"] for r in rows] == ["seq_1", "seq_2"]
+    assert summary["J-Mean"] == 0.5 and summary["J&F-Mean"] == pytest.approx((0.5 + F.mean(1).mean()) / 2)
+    assert summary["J-Recall"] == 0.5 and summary["J-Decay"] == 0.0
+
+
+def test_decay_bins_use_eight_bit_indices_as_the_official_code() -> None:
+    """Over 256 frames the official quarter indices (cast to uint8) wrap around; the numbers must follow."""
+    v = np.linspace(1.0, 0.0, 300)
+    mean, recall, decay = statistics(v)
+    edges = (np.round(np.linspace(1, 300, 5) + 1e-10) - 1).astype(np.uint8)  # 299 wraps to 43
+    assert edges.tolist() == [0, 75, 150, 224, 43]
+    assert np.isnan(decay)  # the last bin v[224:44] is empty there too
+    assert statistics(v[:200])[2] == pytest.approx(v[:51].mean() - v[149:200].mean())
+
+
+def test_pck_with_and_without_the_joints_left_out() -> None:
+    gt = np.array([[[0.0, 0.0], [30.0, 40.0], [100.0, 0.0]]])  # third joint far right
+    pred = gt + np.array([[[3.0, 0.0], [0.0, 9.0], [0.0, 0.0]]])
+    all_joints = pck_distances(pred, gt)  # box 100 x 40
+    unit = 0.6 * np.hypot(100, 40)
+    assert all_joints[0].tolist() == pytest.approx([3 / unit, 9 / unit, 0.0])
+    visible = np.array([[True, True, False]])  # the third joint's heatmap was empty: box 30 x 40, unit 30
+    d = pck_distances(pred, gt, visible)
+    assert d[0, :2].tolist() == pytest.approx([0.1, 0.3]) and np.isnan(d[0, 2])
+    assert pck(d, 0.1) == 0.5 and pck(d, 0.3) == 1.0  # the joint with no entry is not averaged in
+
+
+def test_confusion_and_iou_by_hand() -> None:
+    gt = np.array([[0, 0, 1, 1], [2, 2, 255, 1]])
+    pred = np.array([[0, 1, 1, 1], [2, 0, 0, 1]])
+    c = confusion_matrix(gt, pred, 3)
+    assert c.tolist() == [[1, 1, 0], [0, 3, 0], [1, 0, 1]]
+    assert iou_per_class(c).tolist() == pytest.approx([1 / 3, 3 / 4, 1 / 2])

@@ -1,0 +1,24 @@
+"""Evaluation by label propagation with frozen features: DAVIS-2017 (J&F), JHMDB (PCK), VIP (mIoU).
+
+One job per module:
+    data.py         dataset readers, label images, a synthetic DAVIS sequence
+    protocols.py    the named protocols (crw, causal, dino): every choice that changes a number
+    encoders.py     what can be evaluated (checkpoints, MAE files, random init, pixels), weight fingerprints
+    features.py     input sizes, resizing, the encoder pass, labels to and from the feature grid, memory estimate
+    propagation.py  the context queue, affinities, top-k, weighted labels
+    metrics.py      J and F as the official DAVIS scorer, PCK, mIoU
+    store.py        the output folder: run.json, per-sequence results and their hashes
+    benchmarks.py   DAVIS / JHMDB / VIP and the one driver loop they share
+    score.py        scoring any folder of predicted masks
+    plots.py        propagated masks over the frames
+    cli.py          run_evaluation and `python -m ml.evaluate`
+"""
+
+from ml.eval.benchmarks import evaluate, run_benchmark  # noqa: F401
+from ml.eval.cli import main, run_evaluation  # noqa: F401
+from ml.eval.data import write_synthetic_davis  # noqa: F401
+from ml.eval.encoders import PixelEncoder, load_encoder, weights_fingerprint  # noqa: F401
+from ml.eval.features import FeatureExtractor  # noqa: F401
+from ml.eval.plots import plot_propagation  # noqa: F401
+from ml.eval.protocols import PROTOCOLS, Protocol, get_protocol  # noqa: F401
+from ml.eval.score import score_davis, score_vip  # noqa: F401
