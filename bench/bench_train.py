@@ -44,6 +44,9 @@ from ml.config import TrainConfig
 from ml.SiamMAE import SiamMAE, create_model
 
 DEFAULT_PRESETS = ("siammae_tiny", "siammae_vit_small_patch16", "siammae_vit_base_patch16")
+# the decoder variants of ViT-S/16 (`preset+field=value`): CropMAE's smaller decoder and the paper's ablation types
+DECODER_VARIANTS = ("siammae_vit_small_patch16+decoder_size=small", "siammae_vit_small_patch16+decoder_type=cross",
+                    "siammae_vit_small_patch16+decoder_type=joint")
 DEFAULT_BATCHES = (8, 8, 4)  # pairs per step of each default preset: seconds-long steps on a 2-core CPU
 BASELINE = "baseline: f2 encoded with mask tokens"
 VISIBLE_ONLY = "SiamMAE (visible-only encoder)"
@@ -202,16 +205,35 @@ def median_ratio(a: list[float], b: list[float]) -> float:
 # ---------------------------------------------------------------- the benchmark
 
 
+def model_of(spec: str) -> SiamMAE:
+    """A model from `preset` or `preset+field=value+...` (fields: decoder_size, decoder_type, f1_mask_ratio)."""
+    from ml.SiamMAE import decoder_dims
+
+    arch, *changes = spec.split("+")
+    kwargs: dict = {}
+    for change in changes:
+        name, _, value = change.partition("=")
+        if name == "decoder_size":
+            dims = decoder_dims(value)
+            kwargs.update(zip(("decoder_embed_dim", "decoder_depth", "decoder_num_heads", "decoder_mlp_ratio"), dims))
+        elif name in ("decoder_type", "f1_mask_ratio"):
+            kwargs[name] = value if name == "decoder_type" else float(value)
+        else:
+            raise ValueError(f"{spec}: unknown variant field {name!r} (decoder_size, decoder_type, f1_mask_ratio)")
+    return create_model(arch, **kwargs)
+
+
 def benchmark_preset(
     arch: str, batch: int, runs: int, warmup: int, device: torch.device, bf16: bool, baseline: bool,
     profile_ops: bool = True,
 ) -> list[dict]:
-    """Rows for one preset: SiamMAE and (optionally) the baseline, timed turn by turn."""
+    """Rows for one preset (or `preset+field=value` variant): SiamMAE and (optionally) the baseline, timed turn by
+    turn."""
     if runs < 1 or warmup < 1:
         raise ValueError(f"need runs >= 1 and warmup >= 1 (the first warm-up step counts FLOPs), got {runs}, {warmup}")
     autocast_dtype = torch.bfloat16 if bf16 else None
     torch.manual_seed(0)
-    model = create_model(arch).to(device)
+    model = model_of(arch).to(device)
     size = model.img_size
     f1 = torch.randn(batch, 3, size, size, device=device)
     f2 = torch.randn(batch, 3, size, size, device=device)
@@ -250,6 +272,8 @@ def benchmark_preset(
         utilisation = [flops[name] / t / p for t, p in zip(times, peaks)]
         row = {
             "preset": arch, "variant": name, "img_size": size, "batch": batch, "device": str(device),
+            "encoder_params": sum(p.numel() for p in model.encoder.parameters()),
+            "decoder_params": sum(p.numel() for p in model.decoder.parameters()),
             "precision": "bf16 autocast" if bf16 else "fp32", "threads": torch.get_num_threads(),
             "runs": runs, "warmup": warmup,
             "step_s_median": median, "step_s_min": min(times), "step_s_max": max(times),

@@ -273,6 +273,12 @@ def run_train(quick: bool, results_dir: Path) -> tuple[list[dict], str]:
     argv += ["--json", str(json_path.resolve())]
     results = bench_train.main(argv)
     commands = [_command("bench.bench_train", argv)]
+    if not quick:  # the decoder variants of ViT-S/16, at the same batch
+        variant_json = str((results_dir / "train_variants.json").resolve())
+        variant_argv = ["--presets", *bench_train.DECODER_VARIANTS, "--batch", "8", "--runs", "5", "--warmup", "1",
+                        "--device", "cpu", "--no-baseline", "--json", variant_json]
+        results += bench_train.main(variant_argv)
+        commands.append(_command("bench.bench_train", variant_argv))
     if torch.cuda.is_available() and not quick:  # the same on the GPU, bf16 autocast
         gpu_argv = ["--presets", "siammae_vit_small_patch16", "siammae_vit_base_patch16", "--batch", "64", "--runs",
                     "5", "--warmup", "2", "--device", "cuda", "--bf16", "--json",

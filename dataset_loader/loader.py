@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def _seed_from(*values: int) -> int:
@@ -28,44 +28,55 @@ def _seed_from(*values: int) -> int:
     return int(np.random.SeedSequence(list(values)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-class SeededSampler(Sampler[int]):
-    """All indices once per epoch, in an order that is a pure function of (seed, epoch)."""
+class VideoSampler(Sampler):
+    """The videos of each epoch, a pure function of (seed, epoch), sharded over processes.
 
-    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True) -> None:
-        self.num_items, self.seed, self.shuffle = num_items, seed, shuffle
+    With `parts` = P, an epoch reads one P-th of the videos: a permutation is drawn once per cycle of
+    P epochs (from seed and cycle) and epoch e reads its (e mod P)-th part, so every video is read
+    once every P epochs. Training uses P = repeated sampling R: each video read gives R pairs, so an
+    epoch holds as many pairs as there are videos (MAE-ST's "effective" epochs). Parts have
+    num_items // P videos; the fewer than P left over sit out that cycle (other ones next cycle).
+    With `world` processes each takes every world-th video of the epoch, from `rank`
+    (`drop_last`: the epoch is cut to a multiple of world; else padded by wrapping around).
+    Yields (index, epoch) for datasets that take the epoch with the index (`with_epoch`), so item
+    randomness follows the epoch even in persistent workers; plain indices otherwise.
+    """
+
+    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True, parts: int = 1, rank: int = 0,
+                 world: int = 1, drop_last: bool = True, with_epoch: bool = True) -> None:
+        if parts < 1 or world < 1 or not 0 <= rank < world:
+            raise ValueError(f"need parts >= 1 and 0 <= rank < world, got parts={parts}, rank={rank}, world={world}")
+        self.num_items, self.seed, self.shuffle, self.parts = num_items, seed, shuffle, parts
+        self.rank, self.world, self.drop_last, self.with_epoch = rank, world, drop_last, with_epoch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.num_items))
-        generator = torch.Generator().manual_seed(_seed_from(self.seed, self.epoch))
-        return iter(torch.randperm(self.num_items, generator=generator).tolist())
+    def indices(self, epoch: int) -> list[int]:
+        """This process's videos of `epoch`, in order."""
+        cycle, part = divmod(epoch, self.parts)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(_seed_from(self.seed, cycle))
+            order = torch.randperm(self.num_items, generator=generator).tolist()
+        else:
+            order = list(range(self.num_items))
+        size = self.num_items // self.parts
+        chosen = order[part * size:(part + 1) * size]
+        if self.drop_last:
+            chosen = chosen[: len(chosen) // self.world * self.world]
+        elif chosen and len(chosen) % self.world:
+            chosen += chosen[: self.world - len(chosen) % self.world]
+        return chosen[self.rank::self.world]
 
-    def __len__(self) -> int:
-        return self.num_items
-
-
-class EpochSampler(Sampler[tuple[int, int]]):
-    """Wraps an index sampler to yield `(index, epoch)`, for datasets with `epoch_in_index = True`."""
-
-    def __init__(self, sampler: Sampler[int]) -> None:
-        self.sampler = sampler
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(self.epoch)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator:
         epoch = self.epoch
-        return ((index, epoch) for index in self.sampler)
+        if self.with_epoch:
+            return ((index, epoch) for index in self.indices(epoch))
+        return iter(self.indices(epoch))
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.indices(0))
 
 
 def collate_pairs(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +109,7 @@ def make_pair_loader(
     distributed: bool | None = None,
     pin_memory: bool | None = None,
     persistent_workers: bool | None = None,
+    parts: int = 1,
 ) -> DataLoader:
     """A DataLoader of flattened pair batches (B*R, 3, H, W); call `set_loader_epoch` before each epoch.
 
@@ -108,9 +120,10 @@ def make_pair_loader(
         batch_size: videos per batch (each gives R pairs with repeated sampling R).
         num_workers: loader processes (0 = load in this process).
         seed: seed of the order of videos (the dataset's own seed fixes the pairs drawn from them).
-        distributed: shard with `DistributedSampler` (None: when torch.distributed is initialised).
+        distributed: shard the videos over the processes (None: when torch.distributed is initialised).
         pin_memory: page-locked batches for fast copies to the GPU (None: when CUDA is available).
         persistent_workers: keep workers between epochs (None: when num_workers > 0).
+        parts: an epoch reads 1/parts of the videos (see `VideoSampler`; training: repeated sampling R).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -119,18 +132,16 @@ def make_pair_loader(
     initialised = dist.is_available() and dist.is_initialized()
     if distributed is None:
         distributed = initialised
-    if distributed:
-        if not initialised:
-            raise ValueError("distributed=True needs torch.distributed initialised first (init_process_group)")
-        base: Sampler[int] = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    else:
-        base = SeededSampler(len(dataset), seed=seed, shuffle=shuffle)
+    if distributed and not initialised:
+        raise ValueError("distributed=True needs torch.distributed initialised first (init_process_group)")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    # datasets that take (index, epoch) get the epoch with each index; others get plain indices
+    sampler = VideoSampler(len(dataset), seed=seed, shuffle=shuffle, parts=parts, rank=rank, world=world,
+                           drop_last=drop_last, with_epoch=getattr(dataset, "epoch_in_index", False))
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     if persistent_workers is None:
         persistent_workers = num_workers > 0
-    # datasets that take (index, epoch) get the epoch with each index; others get plain indices
-    sampler = EpochSampler(base) if getattr(dataset, "epoch_in_index", False) else base
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -141,3 +141,14 @@ def download_pretrained_model(url: str, dir: str | os.PathLike = "checkpoints/ma
             f"place it at {dest}."
         ) from err
     return dest
+
+
+def resolve_pretrained(pretrained: str | os.PathLike, dir: str | os.PathLike = "checkpoints/mae") -> Path:
+    """A pretrained checkpoint as a file: the path itself, or a name of MAE_PRETRAINED_URLS downloaded once into
+    `dir`. CheckpointError naming both possibilities when it is neither."""
+    path = Path(pretrained)
+    if path.is_file():
+        return path
+    if str(pretrained) in MAE_PRETRAINED_URLS:
+        return download_pretrained_model(str(pretrained), dir)
+    raise CheckpointError(f"pretrained: {pretrained} is neither a file nor one of {', '.join(MAE_PRETRAINED_URLS)}")

@@ -34,6 +34,31 @@ from mae.pretrained import (
 )
 
 DECODER_TYPES = ("cross_self", "cross", "joint")
+# named decoder sizes, (width, depth, heads, MLP ratio): MAE's decoder, and the one CropMAE's SiamMAE re-run
+# uses (PyTorch's decoder layer with its default 2048-wide feed-forward: MLP ratio 8 at width 256)
+DECODER_SIZES: dict[str, tuple[int, int, int, float]] = {"mae": (512, 8, 16, 4.0), "small": (256, 4, 8, 8.0)}
+
+
+def decoder_dims(size: str) -> tuple[int, int, int, float] | None:
+    """(width, depth, heads, MLP ratio) of a decoder size: a name of DECODER_SIZES or "W/D/H[/M]" (M: MLP ratio,
+    4 when left out); None for "preset" (the arch's own decoder)."""
+    if size == "preset":
+        return None
+    if size in DECODER_SIZES:
+        return DECODER_SIZES[size]
+    try:
+        parts = size.split("/")
+        if len(parts) not in (3, 4):
+            raise ValueError
+        width, depth, heads = (int(v) for v in parts[:3])
+        ratio = float(parts[3]) if len(parts) == 4 else 4.0
+    except ValueError:
+        raise ValueError(f"decoder_size must be preset, {', '.join(DECODER_SIZES)} or WIDTH/DEPTH/HEADS[/MLP_RATIO] "
+                         f"(e.g. 384/6/12), got {size!r}") from None
+    if min(width, depth, heads) < 1 or width % heads or not ratio > 0:
+        raise ValueError(f"decoder_size {size}: width, depth, heads and MLP ratio must be positive, width divisible "
+                         f"by heads")
+    return width, depth, heads, ratio
 
 
 # ----------------------------------------------------------------------------- decoder layers
@@ -156,21 +181,29 @@ class CrossDecoder(nn.Module):
         latent2: torch.Tensor,
         ids_restore: torch.Tensor,
         grid: tuple[int, int] | None = None,
+        f1_keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """latent1 (N, 1 + L, D), latent2 (N, 1 + L_keep, D), ids_restore (N, L) -> (N, L, p*p*C).
 
-        `grid` = (h, w) patch grid of the frames; a square one is assumed when omitted.
+        `grid` = (h, w) patch grid of the frames; a square one is assumed when omitted. `f1_keep` (N, L1)
+        are the patch indices of f1's tokens when f1 was masked too (latent1 then (N, 1 + L1, D)).
         """
         if grid is None:
             side = round(ids_restore.shape[1] ** 0.5)
             grid = (side, side)
-        if grid[0] * grid[1] != ids_restore.shape[1] or latent1.shape[1] != 1 + ids_restore.shape[1]:
+        f1_tokens = ids_restore.shape[1] if f1_keep is None else f1_keep.shape[1]
+        if grid[0] * grid[1] != ids_restore.shape[1] or latent1.shape[1] != 1 + f1_tokens:
             raise ValueError(f"{ids_restore.shape[1]} patches of f2 and {latent1.shape[1] - 1} of f1 do not "
                              f"both form the {grid[0]}x{grid[1]} grid")
         pos = resize_pos_embed(self.pos_embed, self.grid_size, grid)  # (1, 1 + L, Dd)
-        x1 = self.embed(latent1)  # (N, 1 + L, Dd)
+        x1 = self.embed(latent1)  # (N, 1 + L1, Dd)
         if self.f1_decoder_pos_embed:
-            x1 = x1 + pos
+            if f1_keep is None:
+                x1 = x1 + pos
+            else:  # the position rows of f1's visible patches
+                rows = torch.gather(pos[:, 1:].expand(x1.shape[0], -1, -1), 1,
+                                    f1_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
+                x1 = x1 + torch.cat([pos[:, :1].expand(x1.shape[0], -1, -1), rows], dim=1)
         x2 = insert_mask_tokens(self.embed(latent2), self.mask_token, ids_restore) + pos  # (N, 1 + L, Dd)
         if self.decoder_type == "joint":
             x = torch.cat([x1, x2], dim=1)  # (N, 2 + 2L, Dd)
@@ -204,11 +237,14 @@ class SiamMAE(nn.Module):
         norm_pix_loss: bool = True,
         mask_ratio: float = 0.95,
         f1_decoder_pos_embed: bool = True,
+        f1_mask_ratio: float = 0.0,
+        decoder_mlp_ratio: float | None = None,
     ) -> None:
         super().__init__()
         # the model's whole configuration as plain data: checkpoints store it, `SiamMAE(**model_args)` rebuilds it
         self.model_args = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         _check_mask_ratio(mask_ratio)
+        _check_mask_ratio(f1_mask_ratio)
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by the patch size {patch_size}")
         if embed_dim % num_heads:
@@ -219,10 +255,12 @@ class SiamMAE(nn.Module):
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.mask_ratio = mask_ratio
+        self.f1_mask_ratio = f1_mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.encoder = MAEEncoder(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, LayerNorm6)
         self.decoder = CrossDecoder(
-            embed_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio,
+            embed_dim, decoder_embed_dim, decoder_depth, decoder_num_heads,
+            mlp_ratio if decoder_mlp_ratio is None else decoder_mlp_ratio,
             num_patches=self.encoder.num_patches, decoder_type=decoder_type, patch_size=patch_size,
             in_chans=in_chans, f1_decoder_pos_embed=f1_decoder_pos_embed,
         )
@@ -234,22 +272,27 @@ class SiamMAE(nn.Module):
     # ------------------------------------------------------------- stages
     def forward_encoder(
         self, f1: torch.Tensor, f2: torch.Tensor, mask_ratio: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encode f1 whole and f2's visible patches only (two calls of the same encoder).
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Encode f1 (whole, as the paper) and f2's visible patches only (two calls of the same encoder).
 
-        -> latent1 (N, 1 + L, D), latent2 (N, 1 + L_keep, D), mask (N, L) 1 = removed, ids_restore (N, L).
-        The mask is drawn from the global torch RNG.
+        -> latent1 (N, 1 + L, D), latent2 (N, 1 + L_keep, D), mask (N, L) 1 = removed, ids_restore (N, L),
+        f1_keep: None, or with `f1_mask_ratio` > 0 (the masking ablation) the patch indices (N, L1) of
+        f1's visible tokens, latent1 then (N, 1 + L1, D). Masks are drawn from the global torch RNG.
         """
-        latent1 = self.encoder.forward_features(f1)
+        if self.f1_mask_ratio > 0:
+            latent1, _, ids_restore1 = self.encoder.forward_encoder(f1, self.f1_mask_ratio)
+            f1_keep = torch.argsort(ids_restore1, dim=1)[:, : latent1.shape[1] - 1]  # kept patches, in kept order
+        else:
+            latent1, f1_keep = self.encoder.forward_features(f1), None
         latent2, mask, ids_restore = self.encoder.forward_encoder(f2, mask_ratio)
-        return latent1, latent2, mask, ids_restore
+        return latent1, latent2, mask, ids_restore, f1_keep
 
     def forward_decoder(
         self, latent1: torch.Tensor, latent2: torch.Tensor, ids_restore: torch.Tensor,
-        grid: tuple[int, int] | None = None,
+        grid: tuple[int, int] | None = None, f1_keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """-> (N, L, p*p*C) predicted pixels of every patch of f2 (per-patch normalised with norm_pix_loss)."""
-        return self.decoder(latent1, latent2, ids_restore, grid)
+        return self.decoder(latent1, latent2, ids_restore, grid, f1_keep)
 
     def forward_loss(self, f2: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error over f2's removed patches only; targets per-patch normalised with norm_pix_loss."""
@@ -266,8 +309,8 @@ class SiamMAE(nn.Module):
         mask_ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         _check_mask_ratio(mask_ratio)
         grid = self._check_frames(f1, f2)
-        latent1, latent2, mask, ids_restore = self.forward_encoder(f1, f2, mask_ratio)
-        pred = self.forward_decoder(latent1, latent2, ids_restore, grid)
+        latent1, latent2, mask, ids_restore, f1_keep = self.forward_encoder(f1, f2, mask_ratio)
+        pred = self.forward_decoder(latent1, latent2, ids_restore, grid, f1_keep)
         loss = self.forward_loss(f2, pred, mask)
         return loss, pred, mask
 

@@ -9,6 +9,11 @@ the learning rate scales with, is `batch_size x world size x accum_iter`. Settin
 derives `accum_iter` from the number of processes, so one recipe gives the same optimisation on 1 or
 8 GPUs (the paper: 2048 pairs per step).
 
+An epoch is counted as MAE-ST counts it and SiamMAE reports it: as many pairs as there are training
+videos (an "effective" epoch). With repeated sampling R an epoch reads N / R of the N videos, a
+different part each epoch, every video once every R epochs (`dataset_loader.loader.VideoSampler`).
+The schedule, warm-up, logs, checkpoint numbers, held-out loss and the cost model all count these.
+
 Each field carries its help text (`metadata["help"]`); `add_config_options` turns the fields into
 command-line options (one declaration per option) and `parse_field_value` reads a value as the
 field's type or refuses it.
@@ -44,13 +49,19 @@ class TrainConfig:
     arch: str = _f("siammae_vit_small_patch16", "model preset of ml.SiamMAE (e.g. siammae_vit_base_patch16)")
     model_kwargs: dict[str, Any] = _f(dict, "SiamMAE constructor arguments replacing the preset's, as a Python dict "
                                             "(e.g. \"{'decoder_type': 'cross'}\")", factory=True)
-    pretrained: str | None = _f(None, "official MAE checkpoint (file, or a name such as mae_pretrain_vit_base) to "
-                                      "start the encoder from")
+    decoder_size: str = _f("preset", "decoder width/depth/heads[/MLP ratio]: preset (the arch's own: MAE's 512/8/16 "
+                                     "for the ViTs), mae (512/8/16), small (256/4/8/8, CropMAE's SiamMAE) or W/D/H[/M]")
+    decoder_type: str = _f("cross_self", "cross_self (the paper's), cross, joint (the paper's ablations)")
+    f1_mask_ratio: float = _f(0.0, "fraction of f1's patches removed (0: f1 whole, as the paper; the masking ablation)")
+    pretrained: str | None = _f(None, "official MAE checkpoint (file, or a name such as mae_pretrain_vit_base, "
+                                      "downloaded once into checkpoints/mae) to start the encoder from")
     # data
     data: str = _f("dataset/kinetics400", "a Kinetics root folder (or CSV / list file) as dataset_loader reads it")
     train_split: str = _f("train", "split of `data` to train on")
     test_split: str | None = _f("val", "held-out split for the per-epoch test loss; None: no test loss")
     test_max_videos: int | None = _f(None, "evaluate on this many evenly spaced held-out videos (None: all)")
+    max_videos: int | None = _f(None, "train on this many videos of the split, drawn once with a fixed seed (the same "
+                                      "subset in every run; None: all). A subset list: pass it as `data`")
     img_size: int = _f(224, "side of the square training crops")
     crop_scale: tuple[float, float] = _f((0.5, 1.0), "area range of the random resized crop shared by both frames")
     min_gap: int = _f(4, "smallest frame gap between f1 and f2, in frames at 30 fps")
@@ -82,6 +93,10 @@ class TrainConfig:
     device: str = _f("auto", "auto (this process's GPU, else the CPU), cpu, cuda, cuda:1")
     dist_timeout_minutes: float = _f(5.0, "minutes a process waits for the others before the run fails "
                                           "(torch.distributed timeout)", flag="--dist-timeout")
+    compile: bool = _f(False, "torch.compile the model (GPUs: faster steps after a compile of a minute or two)")
+    tensorboard: bool = _f(False, "also log losses, learning rate, held-out loss and reconstructions for TensorBoard "
+                                  "(<output>/tensorboard/<prefix>)")
+    tensorboard_figure_every: int = _f(10, "epochs between two reconstruction figures in TensorBoard")
 
     def __post_init__(self) -> None:
         self.crop_scale = tuple(self.crop_scale)
@@ -131,6 +146,18 @@ class TrainConfig:
              f"test_max_videos must be >= 1 or None, got {self.test_max_videos}")
         need(bool(self.output_dir), "output_dir must not be empty")
         need(self.dist_timeout_minutes > 0, f"dist_timeout_minutes must be positive, got {self.dist_timeout_minutes}")
+        need(0.0 <= self.f1_mask_ratio < 1.0, f"f1_mask_ratio must be in [0, 1), got {self.f1_mask_ratio}")
+        need(self.max_videos is None or self.max_videos >= 1, f"max_videos must be >= 1 or None, got {self.max_videos}")
+        need(self.tensorboard_figure_every >= 1,
+             f"tensorboard_figure_every must be >= 1, got {self.tensorboard_figure_every}")
+        from ml.SiamMAE import DECODER_TYPES, decoder_dims
+
+        need(self.decoder_type in DECODER_TYPES,
+             f"decoder_type must be one of {', '.join(DECODER_TYPES)}, got {self.decoder_type!r}")
+        try:
+            decoder_dims(self.decoder_size)
+        except ValueError as err:
+            raise ValueError(f"TrainConfig: {err}") from None
         _check_device_name(self.device)
 
     # ------------------------------------------------------------- derived values
@@ -155,9 +182,13 @@ class TrainConfig:
         """Pairs per optimiser step over all processes."""
         return self.batch_size * world_size * self.accum_steps(world_size)
 
+    def videos_per_epoch(self, num_videos: int) -> int:
+        """Videos one epoch reads: N / R, so that an epoch holds as many pairs as there are videos."""
+        return num_videos // self.repeated_sampling
+
     def steps_per_epoch(self, num_videos: int, world_size: int = 1) -> int:
         """Optimiser steps in one epoch over `num_videos` training videos (what the loader yields, drop-last)."""
-        per_process = num_videos // world_size
+        per_process = self.videos_per_epoch(num_videos) // world_size
         batches = per_process // self.videos_per_batch
         return batches // self.accum_steps(world_size)
 
@@ -172,8 +203,14 @@ class TrainConfig:
         return self.replace(accum_iter=self.accum_steps(world_size), lr=self.peak_lr(world_size))
 
     def model_kwargs_full(self) -> dict[str, Any]:
-        """Constructor arguments replacing the preset's: the config's size and mask ratio, then `model_kwargs`."""
-        return {"img_size": self.img_size, "mask_ratio": self.mask_ratio, **self.model_kwargs}
+        """Constructor arguments replacing the preset's: the config's size, masking and decoder, then `model_kwargs`."""
+        from ml.SiamMAE import decoder_dims
+
+        dims = decoder_dims(self.decoder_size)
+        names = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads", "decoder_mlp_ratio")
+        decoder = {} if dims is None else dict(zip(names, dims))
+        return {"img_size": self.img_size, "mask_ratio": self.mask_ratio, "f1_mask_ratio": self.f1_mask_ratio,
+                "decoder_type": self.decoder_type, **decoder, **self.model_kwargs}
 
     # ------------------------------------------------------------- plain data
     def replace(self, **changes: Any) -> TrainConfig:
@@ -195,7 +232,7 @@ class TrainConfig:
 # fields that say where and how fast a run goes, not what it computes: they may change on resume
 RUNTIME_FIELDS = frozenset(
     {"data", "output_dir", "prefix", "num_workers", "num_epochs_per_save", "pretrained", "precision", "test_max_videos",
-     "device", "dist_timeout_minutes"}
+     "device", "dist_timeout_minutes", "compile", "tensorboard", "tensorboard_figure_every"}
 )
 
 
@@ -385,17 +422,25 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper_vit_s16_400": {**_PAPER_VIT_S16, "epochs": 400, "prefix": "paper_vit_s16_400", "num_epochs_per_save": 20},
     "paper_vit_s16_2000": {**_PAPER_VIT_S16, "epochs": 2000, "prefix": "paper_vit_s16_2000",
                            "num_epochs_per_save": 100},
-    # the notebook's CPU run on dataset/sample (5 training videos): a few minutes on 2 cores
+    # the seed's experiments: the official MAE encoders (downloaded once) trained as SiamMAE encoders
+    **{f"mae_vit_b16_mask{round(100 * r):03d}": {
+        **_PAPER_VIT_S16, "arch": "siammae_vit_base_patch16", "pretrained": "mae_pretrain_vit_base", "mask_ratio": r,
+        "epochs": 400, "prefix": f"mae_vit_b16_mask{round(100 * r):03d}", "num_epochs_per_save": 20}
+       for r in (0.50, 0.75, 0.95)},
+    "mae_vit_l16_mask075": {**_PAPER_VIT_S16, "arch": "siammae_vit_large_patch16",
+                            "pretrained": "mae_pretrain_vit_large", "mask_ratio": 0.75, "batch_size": 128,
+                            "epochs": 400, "prefix": "mae_vit_l16_mask075", "num_epochs_per_save": 20},
+    # the notebook's CPU run on dataset/sample: a few minutes on 2 cores
     "cpu_demo": dict(
         arch="siammae_tiny", img_size=112, mask_ratio=0.95, min_gap=4, max_gap=48,
-        repeated_sampling=4, batch_size=8, accum_iter=1, epochs=60, warmup_epochs=6, lr=1e-3, min_lr=1e-5,
+        repeated_sampling=2, batch_size=4, accum_iter=1, epochs=240, warmup_epochs=24, lr=1e-3, min_lr=1e-5,
         weight_decay=0.05, betas=(0.9, 0.95), precision="fp32", num_workers=0, data="dataset/sample",
-        prefix="cpu_demo", num_epochs_per_save=20,
+        prefix="cpu_demo", num_epochs_per_save=60,
     ),
     # a seconds-long check that the whole path runs (tests, the notebook's quick setting)
     "quick": dict(
         arch="siammae_tiny", img_size=64, mask_ratio=0.75, min_gap=4, max_gap=48,
-        repeated_sampling=2, batch_size=4, accum_iter=1, epochs=2, warmup_epochs=1, lr=1e-3, min_lr=0.0,
+        repeated_sampling=2, batch_size=2, accum_iter=1, epochs=2, warmup_epochs=1, lr=1e-3, min_lr=0.0,
         weight_decay=0.05, betas=(0.9, 0.95), precision="fp32", num_workers=0, data="dataset/sample",
         prefix="quick", num_epochs_per_save=1,
     ),

@@ -14,6 +14,7 @@ Layout under `output_dir`, for a run named `prefix`:
     checkpoints/<prefix>/superseded-<time>/       what a rewound run replaced (later checkpoints, old logs)
     losses/<prefix>.txt                           '# epoch step lr loss', one line per iteration
     test_losses/<prefix>.txt                      '# epoch loss', one line per epoch
+    tensorboard/<prefix>/                         TensorBoard events, with --tensorboard
 
 What holds whatever instant the process dies (kill -9, a full disk, power loss after fsync):
 - every file is written to a temporary name and renamed when complete; temporaries of dead
@@ -77,6 +78,7 @@ class Run:
         self.checkpoint_dir = self.root / "checkpoints" / prefix
         self.losses = self.root / "losses" / f"{prefix}.txt"
         self.test_losses = self.root / "test_losses" / f"{prefix}.txt"
+        self.tensorboard_dir = self.root / "tensorboard" / prefix
         self._lock_file: IO | None = None
         self._logs: dict[str, _Log] = {}
         self._superseded: list[Path] = []  # checkpoints of a rewound history, moved aside at the first save

@@ -6,8 +6,8 @@
 
 Everything a run writes goes through its `ml.run.Run` (checkpoints, loss logs, the lock); the
 epoch loop is `ml.engine`. Under torchrun (`torchrun --nproc_per_node=8 -m ml.train ...`) every
-process runs the same code: DistributedDataParallel, a DistributedSampler whose epoch is set
-every epoch, losses averaged over processes, and only rank 0 writes files.
+process runs the same code: DistributedDataParallel, the videos of each epoch sharded over the
+processes, losses averaged over processes, and only rank 0 writes files.
 
 Before any file is written, the config, the output folder, the device, the batch against the data
 and the readability of the videos are checked; a bad one is a one-line error. A live run holds its
@@ -29,14 +29,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
 
 from dataset_loader.dataset import KineticsFramePairs, find_videos
 from dataset_loader.loader import make_pair_loader, set_loader_epoch
-from mae.pretrained import CheckpointError
+from mae.pretrained import CheckpointError, resolve_pretrained
 from ml.checkpoint import (
     DiskFullError,
     capture_rng_state,
@@ -79,26 +79,80 @@ class DivergedError(FloatingPointError):
     """Training produced a non-finite loss or weight; nothing of that state was saved."""
 
 
+class TensorBoard:
+    """TensorBoard logging of a run (`--tensorboard`): per iteration the loss and learning rate, per epoch the
+    held-out loss, and every `tensorboard_figure_every` epochs a reconstruction of a fixed pair."""
+
+    def __init__(self, run: Run, config: TrainConfig, start_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: a resumed run replaces what a run killed after its last checkpoint had logged
+        self.writer = SummaryWriter(str(run.tensorboard_dir), purge_step=start_step or None)
+        self.every = config.tensorboard_figure_every
+        self.mask_ratio = config.mask_ratio
+
+    def wrap(self, log: Any) -> Any:
+        def both(epoch: int, step: int, lr: float, loss: float) -> None:
+            log(epoch, step, lr, loss)
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+        return both
+
+    def epoch(self, epoch: int, test_loss: float | None, model: nn.Module, loader: Any) -> None:
+        if test_loss is not None:
+            self.writer.add_scalar("test/loss", test_loss, epoch)
+        if epoch % self.every == 0:
+            from ml.plots import plot_sample
+
+            f1, f2 = next(iter(loader))
+            with torch.random.fork_rng():
+                figure = plot_sample((f1[0].cpu(), f2[0].cpu()), model)
+            self.writer.add_figure("reconstruction", figure, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 # ---------------------------------------------------------------- data and model from a config
 def build_model(config: TrainConfig) -> SiamMAE:
-    """The config's model: preset `arch` with `config.model_kwargs_full()`, encoder from `pretrained` if set."""
-    return create_model(config.arch, pretrained=config.pretrained, **config.model_kwargs_full())
+    """The config's model: preset `arch` with `config.model_kwargs_full()`, encoder from `pretrained` if set
+    (a file, or the name of an official MAE checkpoint, downloaded once into checkpoints/mae)."""
+    pretrained = resolve_pretrained(config.pretrained) if config.pretrained else None
+    return create_model(config.arch, pretrained=pretrained, **config.model_kwargs_full())
+
+
+SUBSET_SEED = 0  # `max_videos` draws its subset with this seed: the same videos whatever the run's seed
+
+
+def training_videos(config: TrainConfig) -> list[Path] | str:
+    """The training split's videos: all of `data`, or the `max_videos` of them drawn once with SUBSET_SEED."""
+    if config.max_videos is None:
+        return config.data
+    videos = find_videos(config.data, config.train_split).paths
+    if config.max_videos >= len(videos):
+        return videos
+    chosen = np.random.default_rng(SUBSET_SEED).choice(len(videos), config.max_videos, replace=False)
+    return [videos[i] for i in sorted(chosen)]
 
 
 def make_train_dataset(config: TrainConfig) -> KineticsFramePairs:
     return KineticsFramePairs(
-        config.data, split=config.train_split, img_size=config.img_size, scale=config.crop_scale, augment=True,
-        repeated_sampling=config.repeated_sampling, min_gap=config.min_gap, max_gap=config.max_gap, seed=config.seed,
+        training_videos(config), split=config.train_split, img_size=config.img_size, scale=config.crop_scale,
+        augment=True, repeated_sampling=config.repeated_sampling, min_gap=config.min_gap, max_gap=config.max_gap,
+        seed=config.seed,
     )
 
 
 def make_train_loader(config: TrainConfig, distributed: bool | None = None) -> torch.utils.data.DataLoader:
-    """The training loader of a config: `batch_size / repeated_sampling` videos per batch, shuffled, full batches."""
+    """The training loader of a config: `batch_size / repeated_sampling` videos per batch, shuffled, full batches;
+    an epoch reads 1 / repeated_sampling of the videos (as many pairs as there are videos)."""
     dataset = make_train_dataset(config)
     distributed = get_world_size() > 1 if distributed is None else distributed
     check_batch_fits(len(dataset), config, get_world_size() if distributed else 1)
     return make_pair_loader(dataset, batch_size=config.videos_per_batch, num_workers=config.num_workers,
-                            seed=config.seed, shuffle=True, drop_last=True, distributed=distributed)
+                            seed=config.seed, shuffle=True, drop_last=True, distributed=distributed,
+                            parts=config.repeated_sampling)
 
 
 def make_test_loader(config: TrainConfig, distributed: bool | None = None) -> torch.utils.data.DataLoader | None:
@@ -119,15 +173,16 @@ def make_test_loader(config: TrainConfig, distributed: bool | None = None) -> to
 
 
 def check_batch_fits(num_videos: int, config: TrainConfig, world_size: int = 1) -> None:
-    """ValueError when one optimiser step needs more videos than the training split holds."""
+    """ValueError when one optimiser step needs more videos than an epoch reads (N / repeated_sampling)."""
     accum = config.accum_steps(world_size)
     needed = config.videos_per_batch * world_size * accum
-    if needed > num_videos:
+    per_epoch = config.videos_per_epoch(num_videos)
+    if needed > per_epoch:
         raise ValueError(
             f"batch_size: one optimiser step needs {needed} videos ({config.videos_per_batch} per batch = "
             f"{config.batch_size} pairs / repeated_sampling {config.repeated_sampling}, x {world_size} process(es) "
-            f"x {accum} accumulation) but split '{config.train_split}' of {config.data} holds {num_videos}: lower "
-            f"the batch size"
+            f"x {accum} accumulation) but an epoch reads {per_epoch} (the {num_videos} videos of split "
+            f"'{config.train_split}' / repeated_sampling): lower the batch size"
         )
 
 
@@ -222,6 +277,9 @@ def train(
         raise ValueError(f"device: {err}") from None
     run_config = config.resolved(world)
     precision = resolve_precision(run_config.precision, device)
+    if device.type == "cuda":  # TF32 tensor cores for fp32 matmuls (bf16 autocast covers most of the step)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     run = Run.of(config)
     run.check_writable()
     if train_loader is None:
@@ -306,12 +364,16 @@ def _train_epochs(
     if is_main_process():
         run.open_logs(start_from)
     sampler = getattr(train_loader, "sampler", None)
-    if world > 1 and not isinstance(getattr(sampler, "sampler", sampler), DistributedSampler) and rank == 0:
-        warnings.warn("the data loader has no DistributedSampler: every process trains on the same batches "
-                      "(build it with make_train_loader or make_pair_loader(..., distributed=True))", stacklevel=3)
+    if world > 1 and getattr(sampler, "world", 1) != world and rank == 0:
+        warnings.warn("the data loader does not shard the videos over the processes: every process trains on the "
+                      "same batches (build it with make_train_loader or make_pair_loader(..., distributed=True))",
+                      stacklevel=3)
     ddp_model = model
     if world > 1 and not isinstance(model, DistributedDataParallel):
         ddp_model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = compiled(ddp_model) if config.compile else ddp_model
+    board = TensorBoard(run, config, start_step) if config.tensorboard and is_main_process() else None
+    log = board.wrap(run.log_train) if board is not None else (run.log_train if is_main_process() else None)
     if rng_state is not None:
         restore_rng_state(rng_state, train_loader)
     else:
@@ -319,39 +381,45 @@ def _train_epochs(
     _say(f"{config.prefix}: {config.arch}, epochs {start_epoch + 1}-{config.epochs}, "
          f"{steps_per_epoch * config.accum_iter} iterations of {config.batch_size} pairs x {world} process(es) per "
          f"epoch, accumulation {config.accum_iter} -> effective batch {config.effective_batch_size(world)}, "
-         f"peak lr {config.lr:.3g}, "
-         f"{precision} on {device}; checkpoints in {run.checkpoint_dir}")
-    for epoch in range(start_epoch, config.epochs):
-        start = time.perf_counter()
-        set_loader_epoch(train_loader, epoch)
-        try:
-            losses = train_one_epoch(
-                train_loader, optimizer, scheduler, device, ddp_model, epoch=epoch, scaler=scaler,
-                precision=precision, accum_iter=config.accum_iter, clip_grad=config.clip_grad,
-                mask_ratio=config.mask_ratio, log=run.log_train if is_main_process() else None, should_stop=stop,
-                progress=progress,
-            )
-        except FloatingPointError as err:
-            raise DivergedError(f"{err}; {_where_to_resume(run)}") from None
-        except TrainingStopped as err:
-            raise TrainingStopped(f"{config.prefix}: {err} ({stop.signal_name or 'interrupted'}); nothing of this "
-                                  f"epoch was saved. {_where_to_resume(run, diverged=False)}") from None
-        test_loss = None
-        if test_loader is not None:
-            test_loss = evaluate_loss(ddp_model, test_loader, device, precision=precision, mask_ratio=config.mask_ratio)
-        _check_finite(run, module, test_loss, epoch)
-        if is_main_process() and test_loss is not None:
-            run.log_test(epoch + 1, test_loss)
-        _save_epoch(run, config, module, optimizer, scheduler, scaler, epoch + 1, train_loader, world)
-        test_text = f", test loss {test_loss:.4f}" if test_loss is not None else ""
-        _say(f"epoch {epoch + 1}/{config.epochs}: train loss {sum(losses) / len(losses):.4f}{test_text}, lr "
-             f"{optimizer.param_groups[0]['lr']:.3g}, {time.perf_counter() - start:.1f} s")
-        if stop():
-            raise TrainingStopped(f"{config.prefix}: stopped after epoch {epoch + 1} ({stop.signal_name}); "
-                                  f"{_where_to_resume(run, diverged=False)}")
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
-            _say(f"stopping after epoch {epoch + 1} as asked; resume='auto' continues the run")
-            break
+         f"peak lr {config.lr:.3g}, {precision} on {device}{', compiled' if config.compile else ''}; checkpoints in "
+         f"{run.checkpoint_dir}")
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            start = time.perf_counter()
+            set_loader_epoch(train_loader, epoch)
+            try:
+                losses = train_one_epoch(
+                    train_loader, optimizer, scheduler, device, step_model, epoch=epoch, scaler=scaler,
+                    precision=precision, accum_iter=config.accum_iter, clip_grad=config.clip_grad,
+                    mask_ratio=config.mask_ratio, log=log, should_stop=stop, progress=progress,
+                )
+            except FloatingPointError as err:
+                raise DivergedError(f"{err}; {_where_to_resume(run)}") from None
+            except TrainingStopped as err:
+                raise TrainingStopped(f"{config.prefix}: {err} ({stop.signal_name or 'interrupted'}); nothing of this "
+                                      f"epoch was saved. {_where_to_resume(run, diverged=False)}") from None
+            test_loss = None
+            if test_loader is not None:
+                test_loss = evaluate_loss(ddp_model, test_loader, device, precision=precision,
+                                          mask_ratio=config.mask_ratio)
+            _check_finite(run, module, test_loss, epoch)
+            if is_main_process() and test_loss is not None:
+                run.log_test(epoch + 1, test_loss)
+            if board is not None:
+                board.epoch(epoch + 1, test_loss, module, test_loader if test_loader is not None else train_loader)
+            _save_epoch(run, config, module, optimizer, scheduler, scaler, epoch + 1, train_loader, world)
+            test_text = f", test loss {test_loss:.4f}" if test_loss is not None else ""
+            _say(f"epoch {epoch + 1}/{config.epochs}: train loss {sum(losses) / len(losses):.4f}{test_text}, lr "
+                 f"{optimizer.param_groups[0]['lr']:.3g}, {time.perf_counter() - start:.1f} s")
+            if stop():
+                raise TrainingStopped(f"{config.prefix}: stopped after epoch {epoch + 1} ({stop.signal_name}); "
+                                      f"{_where_to_resume(run, diverged=False)}")
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
+                _say(f"stopping after epoch {epoch + 1} as asked; resume='auto' continues the run")
+                break
+    finally:
+        if board is not None:
+            board.close()
     return module
 
 
@@ -379,6 +447,15 @@ def _load_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
         warnings.warn(f"{path} was written by {len(states)} process(es), this run has {world}: random states are "
                       f"re-seeded, so masks differ from an uninterrupted run", stacklevel=3)
     return int(ckpt["epoch"]), int(ckpt["step"]), rng_state
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """`torch.compile` of the training step's model, drawing its random masks as eager mode does (inductor's
+    fallback_random), so a compiled run trains on the same masks as an eager one."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    return torch.compile(model)
 
 
 def _check_finite(run: Run, module: nn.Module, test_loss: float | None, epoch: int) -> None:

@@ -92,12 +92,13 @@ def _train_row(step_s: float = 2.0, batch: int = 8, gflop_per_pair: float = 70.0
 
 
 def test_cost_on_paper():
-    assert PAPER_RECIPES[0].steps_per_epoch == 480_000 // 2048  # 234: drop-last batches of 2048 pairs
+    # an epoch = as many pairs as videos: 240,000 pairs, 117 drop-last batches of 2048
+    assert PAPER_RECIPES[0].steps_per_epoch == 240_000 // 2048 == 117
     cost = estimate_cost(_train_row(), {"key1s": 100.0, "key8s": 30.0}, mfus=(0.3, 0.4))
     short, long = cost["recipes"]
     assert long["total_flops"] == pytest.approx(5 * short["total_flops"])  # 2000 epochs against 400
-    assert short["total_flops"] == pytest.approx(234 * 400 * 2048 * 70e9)
-    assert short["cpu_hours"]["median"] == pytest.approx(234 * 400 * 2048 / 4.0 / 3600)  # 8 pairs in 2 s
+    assert short["total_flops"] == pytest.approx(117 * 400 * 2048 * 70e9)
+    assert short["cpu_hours"]["median"] == pytest.approx(117 * 400 * 2048 / 4.0 / 3600)  # 8 pairs in 2 s
     assert short["cpu_hours"]["fastest"] < short["cpu_hours"]["median"] < short["cpu_hours"]["slowest"]
     at30, at40 = short["gpu"]
     assert at30["gpu_hours"] * 0.3 == pytest.approx(at40["gpu_hours"] * 0.4)
@@ -112,7 +113,7 @@ def test_cost_on_paper():
         estimate_cost(_train_row(), {"key1s": 100.0}, mfus=(0.0,))
     # the cost model counts the steps training takes: the quick preset on the 5 videos of dataset/sample
     quick = get_preset("quick", data=str(SAMPLE_DIR))
-    assert Recipe("x", "quick", videos=5).steps_per_epoch == len(make_train_loader(quick)) == 2
+    assert Recipe("x", "quick", videos=5).steps_per_epoch == len(make_train_loader(quick)) == 2  # 2 of 5 read
 
 
 def test_cost_takes_the_visible_only_row_of_the_preset():
@@ -175,3 +176,17 @@ def test_embedded_results_survive_comment_closers():
     text = run_all.replace_section(run_all.TEMPLATE, "train", run_all.results_comment("train", payload))
     assert run_all.read_section_results(text, "train") == payload["results"]
     assert text.count("-->") == run_all.TEMPLATE.count("-->") + 1
+
+
+def test_decoder_variants_and_the_gpu_check_without_a_gpu(capsys):
+    from bench import gpu_check
+
+    rows = bench_train.run_benchmark(("siammae_tiny+decoder_size=small", "siammae_tiny+decoder_type=cross"), batch=2,
+                                     runs=1, baseline=False, profile_ops=False)
+    small, cross = rows
+    assert small["decoder_params"] > cross["decoder_params"]  # 256 wide, 4 blocks against the tiny 128 x 2
+    with pytest.raises(ValueError, match="unknown variant field"):
+        bench_train.run_benchmark(("siammae_tiny+depth=3",), batch=2, runs=1, baseline=False)
+    if not torch.cuda.is_available():
+        assert gpu_check.main([]) == 0
+        assert "no CUDA GPU here" in capsys.readouterr().out

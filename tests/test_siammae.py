@@ -83,7 +83,7 @@ def test_gradients_reach_the_shared_encoder_from_both_frames() -> None:
     torch.manual_seed(0)
     model = small_model()
     f1, f2 = frames()
-    latent1, latent2, mask, ids_restore = model.forward_encoder(f1, f2, 0.5)
+    latent1, latent2, mask, ids_restore, _ = model.forward_encoder(f1, f2, 0.5)
     params = [p for p in model.encoder.parameters() if p.requires_grad]
 
     def encoder_grads(l1: torch.Tensor, l2: torch.Tensor) -> list[torch.Tensor]:
@@ -171,7 +171,7 @@ def test_f1_tokens_carry_decoder_position_embeddings(decoder_type: str) -> None:
         torch.manual_seed(0)
         model = small_model(decoder_type=decoder_type, f1_decoder_pos_embed=with_pos)
         with torch.no_grad():
-            latent1, latent2, _, ids_restore = model.forward_encoder(f1, f2, 0.75)
+            latent1, latent2, _, ids_restore, _ = model.forward_encoder(f1, f2, 0.75)
             pred = model.forward_decoder(latent1, latent2, ids_restore)
             pred_shuffled = model.forward_decoder(latent1[:, perm], latent2, ids_restore)
         if with_pos:
@@ -196,7 +196,7 @@ def test_non_square_frames_and_other_sizes() -> None:
     loss, pred, mask = model(f1, f2, mask_ratio=0.75)
     assert pred.shape == (2, 6 * 10, 768) and mask.shape == (2, 60) and torch.isfinite(loss)
     assert model.encode(f1).shape == (2, 1 + 60, 192)
-    latent1, latent2, _, ids_restore = model.forward_encoder(f1, f2, 0.75)
+    latent1, latent2, _, ids_restore, _ = model.forward_encoder(f1, f2, 0.75)
     assert model.forward_decoder(latent1, latent2, ids_restore, grid=(6, 10)).shape == (2, 60, 768)
     with pytest.raises(ValueError, match="do not both form the 8x8 grid"):
         model.forward_decoder(latent1, latent2, ids_restore)  # a square grid is assumed without `grid`
