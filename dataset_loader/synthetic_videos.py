@@ -57,27 +57,37 @@ def encode_video(
     preset: str = "veryfast",
     bframes: int = 3,
     timestamps: list[int] | None = None,
+    codec: str = "libx264",
+    container_format: str | None = None,
 ) -> Path:
-    """Encode uint8 (H, W, 3) RGB frames as H.264 with a keyframe exactly every `keyframe_interval` frames.
+    """Encode uint8 (H, W, 3) RGB frames with a keyframe exactly every `keyframe_interval` frames.
 
-    `start_frame` shifts every timestamp by that many frames (a stream that does not start at 0);
-    `timestamps` gives each frame's own time in frames instead of 0, 1, 2... (gaps make a variable rate).
+    H.264 by default; `codec` (e.g. mpeg4, mpeg2video, libvpx-vp9, flv) and `container_format` (e.g. avi,
+    mpegts, mpeg, flv; default: from the file's suffix) give other kinds of files. `start_frame` shifts every
+    timestamp by that many frames (a stream that does not start at 0); `timestamps` gives each frame's own
+    time in frames instead of 0, 1, 2... (gaps make a variable rate).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", format=container_format) as container:
         stream = None
         for i, rgb in enumerate(frames):
             if stream is None:
                 height, width = rgb.shape[:2]
-                stream = container.add_stream("libx264", rate=rate)
+                stream = container.add_stream(codec, rate=rate)
                 stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
                 stream.codec_context.time_base = 1 / rate
-                stream.options = {
-                    "crf": str(crf), "preset": preset, "g": str(keyframe_interval),
-                    "keyint_min": str(keyframe_interval), "sc_threshold": "0", "bf": str(bframes),
-                }
+                if codec == "libx264":
+                    stream.options = {
+                        "crf": str(crf), "preset": preset, "g": str(keyframe_interval),
+                        "keyint_min": str(keyframe_interval), "sc_threshold": "0", "bf": str(bframes),
+                    }
+                else:  # the other encoders: a fixed keyframe interval and bit rate, B-frames where they have them
+                    stream.options = {"g": str(keyframe_interval)}
+                    stream.codec_context.bit_rate = 2_000_000
+                    if codec in ("mpeg4", "mpeg2video"):
+                        stream.codec_context.max_b_frames = bframes
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             frame.pts = start_frame + (i if timestamps is None else timestamps[i])
             frame.time_base = 1 / rate
@@ -100,14 +110,17 @@ def make_indexed_video(
     bits: int = 8,
     start_frame: int = 0,
     timestamps: list[int] | None = None,
+    codec: str = "libx264",
+    container_format: str | None = None,
 ) -> Path:
-    """An H.264 video whose frame `i` shows the barcode of `i` (see `barcode_frame`).
+    """A video (H.264 unless `codec` says otherwise) whose frame `i` shows the barcode of `i` (see `barcode_frame`).
 
     With `timestamps`, the frames are shown at those times (in frames) and each shows its own time.
     """
     shown = list(range(num_frames)) if timestamps is None else timestamps
     frames = (barcode_frame(t, width, height, bits) for t in shown)
-    return encode_video(path, frames, fps, keyframe_interval, start_frame=start_frame, timestamps=timestamps)
+    return encode_video(path, frames, fps, keyframe_interval, start_frame=start_frame, timestamps=timestamps,
+                        codec=codec, container_format=container_format)
 
 
 def make_constant_video(path: str | Path, num_frames: int, image: np.ndarray, fps: float = 30) -> Path:

@@ -5,6 +5,11 @@ presentation timestamp, `round((pts - start_pts) * time_base * fps)`, so streams
 at 0 and non-integer rates (29.97 fps) map exactly; where a stream skips a timestamp (variable frame
 rate), an index gets the next frame shown. Only the wanted frames are converted to RGB.
 
+Containers whose timestamps cannot identify a frame (AVI, which stores none and gets them from the
+decode order, off by the B-frame delay; MPEG program and transport streams, whose timestamps start
+at an offset and whose seeks land imprecisely) are read by decode order instead: from the start
+of the stream, frame i is the i-th frame the decoder outputs (presentation order), no seek.
+
 Two shortcuts keep the decode small, both exact: frames that are neither wanted nor referenced by
 other frames are not decoded at all (`skip_frame = NONREF`, about half of an H.264 stream with
 B-frames), and where the next wanted frame lies past a keyframe, the decode jumps forward to that
@@ -28,6 +33,8 @@ import numpy as np
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ts")
 MIN_JUMP = 4  # frames a forward jump must save to be worth a seek
 REORDER_WINDOW = 16  # frames a wanted index waits for its own frame before taking the next one shown
+# containers read by decode order: their timestamps do not identify frames (see the module's description)
+BY_ORDER_FORMATS = frozenset({"avi", "mpeg", "mpegts", "vob", "mpegvideo", "h264", "hevc", "m4v"})
 MAX_INDEX_ENTRIES = 20_000  # longer demuxer indexes are not read (long videos): no forward jumps there
 
 
@@ -76,6 +83,7 @@ class VideoReader:
         stream.thread_type = "AUTO" if threads != 1 else "SLICE"
         stream.codec_context.thread_count = threads
         self.fast = threads == 1
+        self.by_order = bool(set(self.container.format.name.split(",")) & BY_ORDER_FORMATS)
         self.fps = self._frame_rate()
         self.time_base = stream.time_base or Fraction(1, 1_000_000)
         self.start_pts = stream.start_time if stream.start_time is not None else 0
@@ -130,6 +138,12 @@ class VideoReader:
         wanted = sorted(set(int(i) for i in indices))
         if wanted[0] < 0:
             raise ValueError(f"frame indices must be >= 0, got {wanted[0]}")
+        if self.by_order:
+            try:
+                frames = self._decode_in_order(wanted)
+            except av.FFmpegError as err:
+                raise VideoError(f"cannot decode {self.path}: {err}") from err
+            return [frames[i] for i in indices]
         try:
             try:
                 frames = self._decode(wanted, fast=True) if self.fast else None
@@ -144,6 +158,24 @@ class VideoReader:
         finally:
             self.stream.codec_context.skip_frame = "DEFAULT"
         return [frames[i] for i in indices]
+
+    def _decode_in_order(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        """The wanted frames, counted in the decoder's output (presentation) order from the start of the stream."""
+        if not self._at_start:
+            self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
+        self._at_start = False
+        frames: dict[int, np.ndarray] = {}
+        todo, last = set(wanted), wanted[-1]
+        count = 0
+        for packet in self.container.demux(self.stream):
+            for frame in packet.decode():
+                if count in todo:
+                    frames[count] = frame.to_ndarray(format="rgb24")
+                    todo.discard(count)
+                count += 1
+                if count > last:
+                    return frames
+        raise VideoTooShortError(f"{self.path} ends at frame {count - 1}, before frame {min(todo)}", num_frames=count)
 
     def _keyframe_indices(self) -> list[int]:
         """Lower bounds of the keyframes' indices, from the demuxer's index (empty where there is none).
