@@ -1,7 +1,10 @@
 """Frame-pair loading speed: pairs per second per worker, ours against pytorchvideo and the decode bound.
 
-Three loaders, each on one CPU core with one decoding thread (what one data-loader worker gets):
+The loaders, each on one CPU core with one decoding thread (what one data-loader worker gets):
   ours         KineticsFramePairs: open, seek, decode forward, RGB + crop/flip/normalise of the wanted frames
+  prepared     KineticsFramePairs on the same videos prepared by `python -m dataset_loader.prepare` (JPEG frames,
+               short side 256): open, two seeks, two JPEG decodes per pair, the same crop/flip; 8-bit output for
+               both, as training reads them
   pytorchvideo pytorchvideo 0.1.5's Kinetics + EncodedVideo (PyAV): a random clip spanning the gap, first and
                last frames, the same crop/flip/normalise
   decode bound PyAV alone: open, seek to the keyframe, decode up to the last wanted frame, nothing else
@@ -36,9 +39,10 @@ import torch
 
 from bench import save_json
 from dataset_loader.dataset import KineticsFramePairs
+from dataset_loader.frames_file import open_video
 from dataset_loader.loader import make_pair_loader, set_loader_epoch
 from dataset_loader.random_temporal_subsample import RandomTemporalSubsample
-from dataset_loader.transforms import PairedTransform
+from dataset_loader.transforms import PairedTransform, normalize
 from dataset_loader.video import VideoReader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +53,7 @@ CLIP_SOURCES = ["train/street/bikes.mp4", "train/moving_object/box.mp4", "train/
                 "val/moving_object/coin_and_pen.mp4"]
 TARGET_VS_PYTORCHVIDEO = 2.0  # ours at least this many times pytorchvideo's pairs/s
 TARGET_VS_BOUND = 1.5  # ours at most this many times slower than the bare decode
+TARGET_PREPARED = 4.0  # prepared videos at least this many times the original files' pairs/s (R = 2)
 
 
 # ---------------------------------------------------------------- test clips
@@ -98,14 +103,107 @@ def make_bench_clips(
 # ---------------------------------------------------------------- the three loaders
 
 
-def make_ours(paths: list[Path], repeated_sampling: int, img_size: int) -> Callable[[int, int], int]:
-    data = KineticsFramePairs(paths, img_size=img_size, repeated_sampling=repeated_sampling)
+def make_ours(paths: list[Path], repeated_sampling: int, img_size: int, output: str = "float"
+              ) -> Callable[[int, int], int]:
+    data = KineticsFramePairs(paths, img_size=img_size, repeated_sampling=repeated_sampling, output=output)
 
     def load(item: int, epoch: int) -> int:
         f1, f2 = data[(item % len(data), epoch)]
         return repeated_sampling
 
     return load
+
+
+def prepared_copy(paths: list[Path], folder: Path) -> tuple[list[Path], int, int]:
+    """The videos prepared into `folder` (once; reused while their sources are unchanged): (paths, bytes before,
+    bytes after)."""
+    import shutil
+
+    from dataset_loader.prepare import prepare
+
+    source = folder / "source"
+    for path in paths:  # the set as a folder (links), so prepare mirrors it
+        link = source / path.name
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, link)
+            except OSError:
+                shutil.copyfile(path, link)
+    report = prepare(source, folder / "prepared", workers=1, progress=False)
+    if report["unreadable"]:
+        raise RuntimeError(f"could not prepare {report['unreadable']}")
+    prepared = [folder / "prepared" / Path(p.name).with_suffix(".frames") for p in paths]
+    return prepared, report["bytes_before"], report["bytes_after"]
+
+
+def format_candidates(paths: list[Path], folder: Path, short_side: int = 256) -> dict[str, list[Path]]:
+    """The videos re-encoded at a short side of `short_side` in each candidate format for prepared data (cached):
+    H.264 with a keyframe every 8 frames, H.264 intra-only, and `.frames` JPEG at quality 90 (the chosen one)
+    and 75."""
+    from dataset_loader.frames_file import write_frames
+    from dataset_loader.prepare import _frames
+    from dataset_loader.synthetic_videos import encode_video
+
+    candidates: dict[str, list[Path]] = {}
+    specs = {"H.264, keyframe every 8 frames": ("h264-k8.mp4", dict(keyframe_interval=8)),
+             "H.264, intra-only": ("h264-k1.mp4", dict(keyframe_interval=1, bframes=0)),
+             "JPEG frames, quality 90 (chosen)": ("q90.frames", dict(quality=90)),
+             "JPEG frames, quality 75": ("q75.frames", dict(quality=75))}
+    for name, (suffix, options) in specs.items():
+        candidates[name] = []
+        for path in paths:
+            out = folder / f"{path.stem}-{short_side}-{suffix}"
+            if not out.exists():
+                with VideoReader(path) as reader:
+                    fps = Fraction(reader.fps)
+                folder.mkdir(parents=True, exist_ok=True)
+                if suffix.endswith(".frames"):
+                    with open(out.with_suffix(".tmp"), "wb") as f:
+                        write_frames(f, _frames(path, short_side), fps, **options)
+                    out.with_suffix(".tmp").rename(out)
+                else:
+                    encode_video(out.with_suffix(".tmp.mp4"), _frames(path, short_side), fps=fps, **options)
+                    out.with_suffix(".tmp.mp4").rename(out)
+            candidates[name].append(out)
+    return candidates
+
+
+def compare_formats(paths: list[Path], folder: Path, img_size: int, items: int, runs: int, warmup: int) -> dict:
+    """Pairs/s (R = 2, 8-bit, one core) and bytes of each candidate format against the original files."""
+    candidates = format_candidates(paths, folder)
+    loaders = {"original files": make_ours(paths, 2, img_size, "uint8")}
+    loaders.update({name: make_ours(files, 2, img_size, "uint8") for name, files in candidates.items()})
+    rates = time_loaders(loaders, items, runs, warmup)
+    before = sum(p.stat().st_size for p in paths)
+    sizes = {"original files": before, **{n: sum(p.stat().st_size for p in f) for n, f in candidates.items()}}
+    fidelity = {"original files": float("inf"), **{n: psnr(paths, f) for n, f in candidates.items()}}
+    return {name: {**summarise(rates[name]), "vs original": median_ratio(rates[name], rates["original files"]),
+                   "bytes vs original": sizes[name] / before, "psnr_db": fidelity[name]} for name in loaders}
+
+
+def psnr(originals: list[Path], copies: list[Path], short_side: int = 256) -> float:
+    """PSNR (dB) of the copies' frames against the source's frames at the copies' size; first, middle, last frame
+    of each video."""
+    from dataset_loader.prepare import _frames
+
+    errors = []
+    for original, copy in zip(originals, copies):
+        source = list(_frames(original, short_side))
+        with open_video(copy) as reader:
+            indices = sorted({0, reader.num_frames // 2, reader.num_frames - 1})
+            for i, frame in zip(indices, reader.read(indices)):
+                errors.append(np.mean((frame.astype(np.float64) - source[i]) ** 2))
+    return float(10 * np.log10(255.0 ** 2 / np.mean(errors)))
+
+
+def format_formats(comparison: dict) -> str:
+    lines = ["| format (short side 256) | pairs/s (R=2, 8-bit) | speed vs original | bytes vs original | "
+             "PSNR vs the source (dB) |", "|---|---|---|---|---|"]
+    for name, r in comparison.items():
+        lines.append(f"| {name} | {r['pairs_per_s']:.1f} ({r['min']:.1f}-{r['max']:.1f}) | {r['vs original']:.2f}x | "
+                     f"{r['bytes vs original']:.1f}x | {r['psnr_db']:.1f} |")
+    return "\n".join(lines)
 
 
 def make_decode_bound(paths: list[Path], repeated_sampling: int) -> Callable[[int, int], int]:
@@ -209,6 +307,61 @@ def time_loaders(loaders: dict[str, Callable[[int, int], int]], items: int, runs
     return rates
 
 
+def stage_profile(originals: list[Path], prepared: list[Path], img_size: int, items: int,
+                  repeated_sampling: int = 2) -> dict[str, dict[str, float]]:
+    """Milliseconds per pair of each stage of loading, for the original videos and their prepared copies.
+
+    read: open, seek and decode the pair's frames to RGB (VideoReader.read / FramesReader.read);
+    of which RGB conversion (original only): libswscale's YUV -> RGB (`to_ndarray`), timed on decoded
+    frames of the same videos; crop + resize + flip: `PairedTransform.apply` on the pair; normalise:
+    8-bit -> float on the CPU, the step that 8-bit batches (`uint8_batches`) move to the GPU.
+    """
+    sampler = RandomTemporalSubsample(repeated_sampling=repeated_sampling)
+    transform = PairedTransform(img_size)
+    profile: dict[str, dict[str, float]] = {}
+    for kind, files in (("original", originals), ("prepared", prepared)):
+        totals = dict.fromkeys(("read", "rgb conversion", "crop + resize + flip", "normalise"), 0.0)
+        for item in range(items):
+            rng = np.random.default_rng([1, item])
+            path = files[item % len(files)]
+            start = time.perf_counter()
+            with open_video(path) as reader:
+                pairs = sampler(reader.num_frames, float(reader.fps), rng)
+                frames = reader.read([i for pair in pairs for i in pair])
+            totals["read"] += time.perf_counter() - start
+            if kind == "original":
+                with av.open(str(path)) as container:
+                    decoded = [next(container.decode(video=0)) for _ in range(1)] * len(frames)
+                start = time.perf_counter()
+                for frame in decoded:
+                    frame.to_ndarray(format="rgb24")
+                totals["rgb conversion"] += time.perf_counter() - start
+            for r in range(len(pairs)):
+                params = transform.sample_params(*frames[0].shape[:2], rng)
+                start = time.perf_counter()
+                pair = transform.apply(frames[2 * r:2 * r + 2], params)
+                totals["crop + resize + flip"] += time.perf_counter() - start
+                start = time.perf_counter()
+                normalize(pair)
+                totals["normalise"] += time.perf_counter() - start
+        pairs_done = items * repeated_sampling
+        profile[kind] = {stage: 1e3 * seconds / pairs_done for stage, seconds in totals.items()}
+        if kind == "prepared":
+            del profile[kind]["rgb conversion"]  # inside the JPEG decoder, part of read
+    return profile
+
+
+def format_profile(results: list[dict]) -> str:
+    lines = ["| set | files | read (ms/pair) | of which RGB conversion | crop + resize + flip | normalise (CPU) |",
+             "|---|---|---|---|---|---|"]
+    for row in results:
+        for kind, stages in row.get("stages", {}).items():
+            conversion = f"{stages['rgb conversion']:.2f}" if "rgb conversion" in stages else "in the JPEG decode"
+            lines.append(f"| {row['set']} | {kind} | {stages['read']:.2f} | {conversion} | "
+                         f"{stages['crop + resize + flip']:.2f} | {stages['normalise']:.2f} |")
+    return "\n".join(lines)
+
+
 def summarise(rates: list[float]) -> dict:
     return {"pairs_per_s": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": len(rates)}
 
@@ -286,9 +439,12 @@ def run_benchmark(
             raise ValueError(f"unknown set {name!r}: use 'sample' or 'key<seconds>s'")
     results = []
     for name, paths in video_sets.items():
+        prepared, bytes_before, bytes_after = prepared_copy(paths, clip_dir / f"prepared-{name}-{clip_seconds:g}s")
         loaders = {
             "ours (R=1)": make_ours(paths, 1, img_size),
             "ours (R=2)": make_ours(paths, 2, img_size),
+            "ours (R=2, 8-bit)": make_ours(paths, 2, img_size, "uint8"),
+            "prepared (R=2, 8-bit)": make_ours(prepared, 2, img_size, "uint8"),
             "decode bound (R=1)": make_decode_bound(paths, 1),
             "decode bound (R=2)": make_decode_bound(paths, 2),
         }
@@ -300,6 +456,9 @@ def run_benchmark(
         if loader_workers:  # the whole loader, not per worker: what a training process gets from it
             row[f"ours, DataLoader with {loader_workers} workers (R=1)"] = summarise(
                 loader_pairs_per_second(paths, img_size, loader_workers, items, runs, warmup))
+        row["prepared / ours (R=2, 8-bit)"] = median_ratio(rates["prepared (R=2, 8-bit)"], rates["ours (R=2, 8-bit)"])
+        row["storage prepared / original"] = bytes_after / bytes_before
+        row["stages"] = stage_profile(paths, prepared, img_size, items)
         row["bound / ours (R=1)"] = median_ratio(rates["decode bound (R=1)"], rates["ours (R=1)"])
         row["bound / ours (R=2)"] = median_ratio(rates["decode bound (R=2)"], rates["ours (R=2)"])
         if "pytorchvideo 0.1.5" in rates:
@@ -310,17 +469,20 @@ def run_benchmark(
 
 
 def format_table(results: list[dict]) -> str:
-    names = [k for k in results[0] if isinstance(results[0][k], dict)]
-    lines = ["| set | " + " | ".join(names) + f" | ours / pytorchvideo (target >= {TARGET_VS_PYTORCHVIDEO:g}) "
+    names = [k for k in results[0] if isinstance(results[0][k], dict) and k != "stages"]
+    lines = ["| set | " + " | ".join(names) + f" | prepared / original, R=2 (target >= {TARGET_PREPARED:g}); storage "
+             f"| ours / pytorchvideo (target >= {TARGET_VS_PYTORCHVIDEO:g}) "
              f"| time ours / bound R=1 (target <= {TARGET_VS_BOUND:g}) | time ours / bound R=2 |",
-             "|---" * (len(names) + 4) + "|"]
+             "|---" * (len(names) + 5) + "|"]
     for row in results:
         cells = [f"{row[n]['pairs_per_s']:.1f} ({row[n]['min']:.1f}-{row[n]['max']:.1f})" for n in names]
         ratio = "n/a"
         if "ours / pytorchvideo" in row:
             ratio = f"{row['ours / pytorchvideo']:.2f}x (R=2: {row['ours R=2 / pytorchvideo']:.2f}x)"
+        prepared = (f"{row['prepared / ours (R=2, 8-bit)']:.2f}x; {row['storage prepared / original']:.1f}x the bytes"
+                    if "prepared / ours (R=2, 8-bit)" in row else "n/a")
         lines.append(f"| {row['set']} ({row['videos']} videos) | " + " | ".join(cells) +
-                     f" | {ratio} | {row['bound / ours (R=1)']:.2f}x | {row['bound / ours (R=2)']:.2f}x |")
+                     f" | {prepared} | {ratio} | {row['bound / ours (R=1)']:.2f}x | {row['bound / ours (R=2)']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -343,6 +505,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--install-pytorchvideo", action="store_true", help="install it there first")
     parser.add_argument("--no-pytorchvideo", action="store_true", help="leave pytorchvideo out")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one core")
+    parser.add_argument("--formats", action="store_true",
+                        help="instead: compare candidate formats for prepared data on dataset/sample")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -355,9 +519,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     core = None if args.no_pin else pin_to_one_core()
     print(f"pairs/s per worker: median of {args.runs} runs of {args.items} items after {args.warmup} warm-up; "
           f"{'core ' + str(core) if core is not None else 'unpinned'}, 1 decoding thread, PyAV {av.__version__}")
+    if args.formats:
+        comparison = compare_formats(sorted(SAMPLE_DIR.glob("*/*/*.mp4")), args.clip_dir / "formats", args.img_size,
+                                     args.items, args.runs, args.warmup)
+        print(format_formats(comparison))
+        save_json(args.json, comparison)
+        return [comparison]
     results = run_benchmark(args.items, args.runs, args.warmup, clip_dir=args.clip_dir, img_size=args.img_size,
                             pytorchvideo_dir=ptv_dir)
     print(format_table(results))
+    print()
+    print(format_profile(results))
     save_json(args.json, results)
     return results
 

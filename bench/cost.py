@@ -33,7 +33,8 @@ H100_BF16_DENSE_PEAK = 989e12  # FLOP/s: H100 SXM, bf16 tensor cores, dense (no 
 MFU_ASSUMPTIONS = (0.30, 0.40)  # model-FLOP utilisation a well-tuned ViT training run reaches: an assumption
 GPU_COUNTS = (1, 8)
 COST_PRESET = get_preset("paper_vit_s16_400").arch  # the model whose measured step the cost uses
-LOADER_VARIANT = "ours (R=2)"  # the recipe's repeated sampling 2
+# the loaders the cost counts workers for, with the recipe's repeated sampling 2 and 8-bit batches
+LOADER_VARIANTS = {"original files": "ours (R=2, 8-bit)", "prepared": "prepared (R=2, 8-bit)"}
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,8 @@ def format_cost(cost: dict) -> str:
         "loss and AdamW are left out, as MFU conventionally counts).",
         "",
         "What the data loader must deliver (pairs/s per GPU = peak x MFU / FLOPs per pair; workers = that / our "
-        "loader's measured pairs/s per worker with repeated sampling 2, one CPU core each):",
+        "loader's measured pairs/s per worker with repeated sampling 2 and 8-bit batches, one CPU core each, on the "
+        "original files and on their copy made by `python -m dataset_loader.prepare`):",
         "",
         "| MFU | pairs/s per GPU | " + " | ".join(
             f"workers per GPU, {name} ({rate:.0f} pairs/s each)"
@@ -188,9 +190,10 @@ def cost_inputs(train_results: list[dict], data_results: list[dict], preset: str
     if not rows:
         raise ValueError(f"no SiamMAE training-step row for {preset} (presets there: "
                          f"{sorted({r['preset'] for r in train_results})})")
-    rates = {f"{row['set']}": row[LOADER_VARIANT]["pairs_per_s"] for row in data_results if LOADER_VARIANT in row}
+    rates = {f"{row['set']}, {label}": row[variant]["pairs_per_s"]
+             for row in data_results for label, variant in LOADER_VARIANTS.items() if variant in row}
     if not rates:
-        raise ValueError(f"no '{LOADER_VARIANT}' loader figures in the data results")
+        raise ValueError(f"no {sorted(LOADER_VARIANTS.values())} loader figures in the data results")
     return rows[0], rates
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .frames_file import open_video
 from .random_temporal_subsample import RandomTemporalSubsample
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, PairedTransform, denormalize, normalize
 from .video import VIDEO_EXTENSIONS, VideoError, VideoReader, VideoTooShortError
@@ -234,6 +235,8 @@ class KineticsFramePairs(Dataset):
         seed: seed of all item randomness.
         decode_threads: FFmpeg threads per decode (1 suits data-loader workers; 0 = automatic).
         max_attempts: videos tried for one item before giving up (bad files are replaced).
+        output: "float" (ImageNet-normalised frames) or "uint8" (8-bit RGB, normalised later on the training
+            device with `dataset_loader.transforms.normalize`: a quarter of the bytes to move).
     """
 
     epoch_in_index = True  # indices may be (index, epoch): loaders pass the epoch to their workers this way
@@ -255,7 +258,10 @@ class KineticsFramePairs(Dataset):
         flip_prob: float = 0.5,
         decode_threads: int = 1,
         max_attempts: int = 100,
+        output: str = "float",
     ) -> None:
+        if output not in ("float", "uint8"):
+            raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
         found = find_videos(source, split)
         self.source = str(source) if isinstance(source, (str, os.PathLike)) else f"a list of {len(source)} videos"
         if found.missing:
@@ -275,6 +281,7 @@ class KineticsFramePairs(Dataset):
         self.epoch = 0
         self.decode_threads = decode_threads
         self.max_attempts = max_attempts
+        self.output = output
         # one flag a video, in shared memory so that marks made in loader workers reach the main process
         self._bad = torch.zeros(len(self.videos), dtype=torch.uint8).share_memory_()
         self._frame_counts: dict[int, int] = {}  # videos that decode fewer frames than their header says
@@ -341,7 +348,7 @@ class KineticsFramePairs(Dataset):
         failures: list[str] = []
         for i, path in enumerate(self.videos):
             try:
-                with VideoReader(path, self.decode_threads) as reader:
+                with open_video(path, self.decode_threads) as reader:
                     if reader.num_frames < 2:
                         raise VideoError(f"{reader.num_frames} frame(s), a pair needs 2")
                     reader.read([0])
@@ -360,7 +367,7 @@ class KineticsFramePairs(Dataset):
 
     def _load_video(self, video: int, key: list[int]) -> tuple[torch.Tensor, dict]:
         path = self.videos[video]
-        with VideoReader(path, self.decode_threads) as reader:
+        with open_video(path, self.decode_threads) as reader:
             fps = float(reader.fps)
             if reader.num_frames < 2:
                 raise VideoError(f"{path} has {reader.num_frames} frames, a pair needs 2")
@@ -396,8 +403,9 @@ class KineticsFramePairs(Dataset):
         out = []
         for f1, f2 in pairs:
             params = self.transform.sample_params(*f1.shape[:2], rng)
-            out += [self.transform.apply(f1, params), self.transform.apply(f2, params)]
-        return normalize(np.stack(out))
+            out.append(self.transform.apply([f1, f2], params))
+        frames = torch.cat(out)
+        return frames if self.output == "uint8" else normalize(frames)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({len(self)} videos, {self.layout}, split={self.split!r}, {self.sampler}, "

@@ -1,7 +1,8 @@
 """Paired augmentation: one random resized crop and one flip per pair, applied to both frames.
 
-Crop and resize happen in one PIL call on uint8 frames (`Image.resize(box=...)`, antialiased
-bilinear); normalisation is one vectorised step on the stacked output.
+Crop and resize happen in one call on the 8-bit frame (torch's antialiased bilinear `interpolate`,
+whose 8-bit kernel is about 3x faster than PIL's and within rounding of it); normalisation is one
+vectorised step on the stacked output, on the CPU or, for 8-bit batches, on the training device.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,14 +34,15 @@ class CropParams:
         return self.left, self.top, self.left + self.width, self.top + self.height
 
 
-_SCALE = (1.0 / (255.0 * torch.tensor(IMAGENET_STD))).view(1, 3, 1, 1)  # (x / 255 - mean) / std = x * scale + bias
-_BIAS = (-torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).view(1, 3, 1, 1)
+_SCALE = 1.0 / (255.0 * torch.tensor(IMAGENET_STD))  # (x / 255 - mean) / std = x * scale + bias
+_BIAS = -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
 
 
-def normalize(frames: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 RGB -> contiguous (N, 3, H, W) float, normalised with the ImageNet mean and std."""
-    x = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).float()
-    return x.mul_(_SCALE).add_(_BIAS)
+def normalize(frames: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) uint8 RGB -> contiguous float of the same shape, normalised with the ImageNet mean and std
+    (on the device the frames are on: batches handed over as 8 bits are normalised on the GPU)."""
+    scale, bias = _SCALE.to(frames.device), _BIAS.to(frames.device)
+    return frames.contiguous().float().mul_(scale.view(3, 1, 1)).add_(bias.view(3, 1, 1))
 
 
 def denormalize(t: torch.Tensor) -> torch.Tensor:
@@ -104,16 +106,23 @@ class PairedTransform:
             w, h = width, height
         return CropParams((height - h) // 2, (width - w) // 2, h, w, flip)
 
-    def apply(self, frame: np.ndarray, params: CropParams) -> np.ndarray:
-        """Crop, resize to (img_size, img_size) and maybe flip one (H, W, 3) uint8 frame."""
-        size = (self.img_size, self.img_size)
-        out = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR, box=params.box))
-        return out[:, ::-1] if params.flip else out
+    def apply(self, frames: list[np.ndarray], params: CropParams) -> torch.Tensor:
+        """Crop, resize to (img_size, img_size) and maybe flip (H, W, 3) uint8 frames of one size -> (N, 3, S, S) uint8.
+
+        The frames' crop windows are stacked and resized in one call, in channels-last memory (the layout
+        of torch's fast 8-bit kernel); the result keeps that layout: a (N, 3, S, S) view of (N, S, S, 3).
+        """
+        t, l, h, w = params.top, params.left, params.height, params.width
+        crops = np.stack([f[t:t + h, l:l + w] for f in frames])  # (N, h, w, 3): only the crop windows are copied
+        x = torch.from_numpy(crops).permute(0, 3, 1, 2)  # (N, 3, h, w), channels-last memory
+        if (h, w) != (self.img_size, self.img_size):
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        return x.flip(-1) if params.flip else x
 
     def __call__(self, frames: list[np.ndarray], rng: np.random.Generator) -> torch.Tensor:
         """One crop and flip for all `frames`: (N, 3, img_size, img_size) normalised."""
-        params = self.sample_params(*frames[0].shape[:2], rng)
-        return normalize(np.stack([self.apply(f, params) for f in frames]))
+        return normalize(self.apply(frames, self.sample_params(*frames[0].shape[:2], rng)))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(img_size={self.img_size}, scale={self.scale}, ratio={self.ratio}, "

@@ -30,7 +30,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ts")
+FRAMES_SUFFIX = ".frames"  # a video prepared by `python -m dataset_loader.prepare` (dataset_loader/frames_file.py)
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", FRAMES_SUFFIX)
 MIN_JUMP = 4  # frames a forward jump must save to be worth a seek
 REORDER_WINDOW = 16  # frames a wanted index waits for its own frame before taking the next one shown
 # containers read by decode order: their timestamps do not identify frames (see the module's description)
@@ -158,6 +159,44 @@ class VideoReader:
         finally:
             self.stream.codec_context.skip_frame = "DEFAULT"
         return [frames[i] for i in indices]
+
+    def frames_in_order(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Every frame from the start, as (index, (H, W, 3) uint8 RGB), indices 0, 1, 2, ... numbered as `read`
+        numbers them (an index with no frame of its own gets the next frame shown), to the stream's real end
+        whatever the header says; one decode pass, a few frames held at a time."""
+        try:
+            if self.by_order:
+                self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
+                count = 0
+                for packet in self.container.demux(self.stream):
+                    for frame in packet.decode():
+                        yield count, frame.to_ndarray(format="rgb24")
+                        count += 1
+                return
+            self.container.seek(self.start_pts, stream=self.stream, backward=True, any_frame=False)
+            pending: dict[int, av.VideoFrame] = {}  # shown frames not yet handed out, by index
+            following = 0  # the next index to hand out
+            for packet in self.container.demux(self.stream):
+                for frame in packet.decode():
+                    if frame.pts is None or (index := self.index_of(frame.pts)) < following:
+                        continue  # no time, pre-roll, or a late duplicate of a frame handed out
+                    pending.setdefault(index, frame)
+                    while pending and max(pending) >= following + REORDER_WINDOW:
+                        shown = min(pending)  # `following` itself, or the next frame shown after it
+                        yield following, pending[shown].to_ndarray(format="rgb24")
+                        if shown == following:
+                            del pending[shown]
+                        following += 1
+            while pending:  # the end of the stream: the frames still held
+                shown = min(pending)
+                yield following, pending[shown].to_ndarray(format="rgb24")
+                if shown == following:
+                    del pending[shown]
+                following += 1
+        except av.FFmpegError as err:
+            raise VideoError(f"cannot decode {self.path}: {err}") from err
+        finally:
+            self._at_start = False
 
     def _decode_in_order(self, wanted: list[int]) -> dict[int, np.ndarray]:
         """The wanted frames, counted in the decoder's output (presentation) order from the start of the stream."""

@@ -86,6 +86,8 @@ class TrainConfig:
     # run
     seed: int = _f(0, "seed of pairs, augmentations, masks and initialisation")
     num_workers: int = _f(8, "data-loader processes per training process")
+    uint8_batches: bool = _f(True, "the loader hands over 8-bit frames, normalised on the training device (a quarter "
+                                   "of the bytes through the workers' shared memory and to the GPU)")
     prefix: str = _f("siammae", "run name: checkpoints/<prefix>/, losses/<prefix>.txt, test_losses/<prefix>.txt")
     output_dir: str = _f(".", "folder that receives checkpoints/, losses/ and test_losses/", flag="--output")
     num_epochs_per_save: int = _f(10, "write checkpoint-<epoch>.pth every this many epochs (checkpoint-last.pth: "
@@ -232,7 +234,7 @@ class TrainConfig:
 # fields that say where and how fast a run goes, not what it computes: they may change on resume
 RUNTIME_FIELDS = frozenset(
     {"data", "output_dir", "prefix", "num_workers", "num_epochs_per_save", "pretrained", "precision", "test_max_videos",
-     "device", "dist_timeout_minutes", "compile", "tensorboard", "tensorboard_figure_every"}
+     "device", "dist_timeout_minutes", "compile", "tensorboard", "tensorboard_figure_every", "uint8_batches"}
 )
 
 
@@ -440,7 +442,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # a seconds-long check that the whole path runs (tests, the notebook's quick setting)
     "quick": dict(
         arch="siammae_tiny", img_size=64, mask_ratio=0.75, min_gap=4, max_gap=48,
-        repeated_sampling=2, batch_size=2, accum_iter=1, epochs=2, warmup_epochs=1, lr=1e-3, min_lr=0.0,
+        repeated_sampling=2, batch_size=4, accum_iter=1, epochs=2, warmup_epochs=1, lr=1e-3, min_lr=0.0,
         weight_decay=0.05, betas=(0.9, 0.95), precision="fp32", num_workers=0, data="dataset/sample",
         prefix="quick", num_epochs_per_save=1,
     ),

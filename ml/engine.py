@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from dataset_loader.transforms import normalize
 from ml.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
 
 TEST_MASK_SEED = 1234  # masks of the held-out loss: batch b of rank r uses seed TEST_MASK_SEED + b * world + r
@@ -60,6 +61,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside DistributedDataParallel or torch.compile (the model itself otherwise)."""
     model = model.module if isinstance(model, DistributedDataParallel) else model
     return getattr(model, "_orig_mod", model)
+
+
+def to_model_input(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on `device` as the model takes it: 8-bit batches (the loader's `uint8` output) are normalised there."""
+    frames = frames.to(device, non_blocking=True)
+    return normalize(frames) if frames.dtype == torch.uint8 else frames
 
 
 def show_progress(progress: bool | None) -> bool:
@@ -120,8 +127,7 @@ def train_one_epoch(
                 break
             lr = float(optimizer.param_groups[0]["lr"])
             step_now = (it + 1) % accum_iter == 0
-            f1 = f1.to(device, non_blocking=True)
-            f2 = f2.to(device, non_blocking=True)
+            f1, f2 = to_model_input(f1, device), to_model_input(f2, device)
             no_sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not step_now else nullcontext()
             with no_sync:
                 with autocast(precision, device):
@@ -191,7 +197,7 @@ def evaluate_loss(
             for b, (f1, f2) in enumerate(data_loader):
                 torch.manual_seed(mask_seed + b * world + rank)
                 with autocast(precision, device):
-                    loss, _, _ = module(f1.to(device), f2.to(device), mask_ratio=mask_ratio)
+                    loss, _, _ = module(to_model_input(f1, device), to_model_input(f2, device), mask_ratio=mask_ratio)
                 total += loss.item() * f1.shape[0]
                 count += f1.shape[0]
         finally:

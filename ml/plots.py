@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
+from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
 from mae.models_mae import patch_statistics
 from ml.run import Run
 
@@ -41,13 +41,15 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
 def to_display_image(frame: torch.Tensor | np.ndarray) -> np.ndarray:
     """A frame as an (H, W, 3) float array in [0, 1] for imshow.
 
-    Accepts an ImageNet-normalised float tensor (3, H, W) (or (1, 3, H, W)) or a uint8 array (H, W, 3).
+    Accepts an ImageNet-normalised float tensor (3, H, W) (or (1, 3, H, W)), an 8-bit tensor (3, H, W) as
+    the loader hands over, or a uint8 array (H, W, 3).
     """
     if isinstance(frame, np.ndarray):
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
             raise ValueError(f"a numpy frame must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
         return frame.astype(np.float32) / 255.0
-    x = frame.detach().cpu().float()
+    x = frame.detach().cpu()
+    x = normalize(x) if x.dtype == torch.uint8 else x.float()
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
     if x.ndim != 3 or x.shape[0] != 3:
@@ -56,11 +58,12 @@ def to_display_image(frame: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def to_model_input(frame: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """An ImageNet-normalised float tensor (3, H, W) from a normalised tensor or a uint8 (H, W, 3) array."""
+    """An ImageNet-normalised float tensor (3, H, W) from a normalised or 8-bit tensor or a uint8 (H, W, 3) array."""
     if isinstance(frame, np.ndarray):
         rgb = torch.from_numpy(to_display_image(frame)).permute(2, 0, 1)  # (3, H, W) in [0, 1]
         return (rgb - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    x = frame.detach().float()
+    x = frame.detach()
+    x = normalize(x) if x.dtype == torch.uint8 else x.float()
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
     if x.ndim != 3 or x.shape[0] != 3:

@@ -140,7 +140,7 @@ def make_train_dataset(config: TrainConfig) -> KineticsFramePairs:
     return KineticsFramePairs(
         training_videos(config), split=config.train_split, img_size=config.img_size, scale=config.crop_scale,
         augment=True, repeated_sampling=config.repeated_sampling, min_gap=config.min_gap, max_gap=config.max_gap,
-        seed=config.seed,
+        seed=config.seed, output="uint8" if config.uint8_batches else "float",
     )
 
 
@@ -166,6 +166,7 @@ def make_test_loader(config: TrainConfig, distributed: bool | None = None) -> to
     dataset = KineticsFramePairs(
         videos, split=config.test_split, img_size=config.img_size, augment=False, repeated_sampling=1,
         min_gap=config.min_gap, max_gap=config.max_gap, fixed_pairs=True, seed=config.seed,
+        output="uint8" if config.uint8_batches else "float",
     )
     distributed = get_world_size() > 1 if distributed is None else distributed
     return make_pair_loader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,

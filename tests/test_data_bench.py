@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from bench.bench_data import format_table, make_bench_clips, run_benchmark
+from bench.bench_data import (
+    compare_formats,
+    format_formats,
+    format_profile,
+    format_table,
+    make_bench_clips,
+    run_benchmark,
+)
 from dataset_loader import VideoReader
 
 
@@ -19,8 +26,22 @@ def test_bench_runs_at_a_tiny_size(tmp_path):
                             pytorchvideo_dir=None, sets=("key1s",), clip_size=(64, 48))
     (row,) = results
     assert row["set"] == "key1s" and row["videos"] == 4
-    for name in ("ours (R=1)", "ours (R=2)", "decode bound (R=1)", "decode bound (R=2)"):
+    for name in ("ours (R=1)", "ours (R=2)", "ours (R=2, 8-bit)", "prepared (R=2, 8-bit)", "decode bound (R=1)",
+                 "decode bound (R=2)"):
         assert row[name]["pairs_per_s"] > 0 and row[name]["runs"] == 1
-    assert row["bound / ours (R=1)"] > 0
+    assert row["bound / ours (R=1)"] > 0 and row["prepared / ours (R=2, 8-bit)"] > 0
+    assert row["storage prepared / original"] > 0
+    assert set(row["stages"]) == {"original", "prepared"} and row["stages"]["original"]["read"] > 0
     table = format_table(results)
     assert table.count("\n") == 2 and "key1s (4 videos)" in table
+    assert format_profile(results).count("\n") == 3
+
+
+def test_format_comparison_runs_at_a_tiny_size(tmp_path):
+    clips = make_bench_clips(tmp_path, keyframe_seconds=0.5, seconds=1.0, fps=30, width=64, height=48, count=2)
+    comparison = compare_formats(clips, tmp_path / "formats", img_size=32, items=2, runs=1, warmup=0)
+    assert len(comparison) == 5
+    assert all(r["pairs_per_s"] > 0 and r["bytes vs original"] > 0 for r in comparison.values())
+    assert comparison["original files"]["vs original"] == 1.0
+    assert all(r["psnr_db"] > 30 for r in comparison.values())  # each copy holds the source's frames
+    assert format_formats(comparison).count("\n") == 6

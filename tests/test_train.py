@@ -1,11 +1,12 @@
 """Training: schedule, parameter groups, the checkpoint format, exact resume, the run folder's guarantees.
 
 The end-to-end tests train the real `siammae_tiny` model on the real loader over dataset/sample
-(the `quick` preset: 64x64 crops, 2 pairs per batch; an epoch reads 2 of the 5 videos, 2 iterations).
+(the `quick` preset: 64x64 crops, 4 pairs per batch; an epoch reads 4 of the 8 videos, 2 iterations).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import math
@@ -338,7 +339,9 @@ def test_resumed_run_reproduces_every_loss_exactly(tmp_path) -> None:
     with open(run.losses, "a") as log:
         log.write("2 2 0.001 1.5\n2 3 0.0")
     torch.manual_seed(123)  # another initialisation: everything comes from the checkpoint
-    train(interrupted, resume="auto", progress=False)
+    # resumed with normalised float batches instead of 8-bit ones normalised by the engine: the same numbers
+    assert interrupted.uint8_batches
+    train(dataclasses.replace(interrupted, uint8_batches=False), resume="auto", progress=False)
 
     for log in ("losses/quick.txt", "test_losses/quick.txt"):
         a = (tmp_path / "straight" / log).read_text()
@@ -464,12 +467,12 @@ def test_train_with_the_notebook_signature_alone(tmp_path) -> None:
     assert any("no CUDA GPU" in str(w.message) for w in caught) != torch.cuda.is_available()
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "bare" / "checkpoint-1.pth")
     stored = TrainConfig.from_dict(ckpt["config"])
-    assert (stored.batch_size, stored.repeated_sampling, stored.img_size) == (2, 2, 64)
+    assert (stored.batch_size, stored.repeated_sampling, stored.img_size) == (4, 2, 64)
     assert stored.arch == "siammae_tiny" and ckpt["model_args"]["img_size"] == 64
-    assert stored.lr == pytest.approx(1.5e-4 * 2 / 256) and stored.weight_decay == 0.05
+    assert stored.lr == pytest.approx(1.5e-4 * 4 / 256) and stored.weight_decay == 0.05
     assert len(log_rows(tmp_path / "losses" / "bare.txt")) == 2
-    with pytest.raises(ValueError, match="batch_size: the data loader gives 2 pairs per batch"):
-        train(cfg.replace(batch_size=4), model=model, train_loader=make_train_loader(cfg), progress=False)
+    with pytest.raises(ValueError, match="batch_size: the data loader gives 4 pairs per batch"):
+        train(cfg.replace(batch_size=8), model=model, train_loader=make_train_loader(cfg), progress=False)
 
 
 # ---------------------------------------------------------------- command line
@@ -500,7 +503,7 @@ def test_cli_help_and_bad_input(tmp_path, capsys) -> None:
     cases = [
         (["--preset", "nope"], "invalid choice: 'nope'", 2),
         ([*quick, "--data", str(tmp_path / "missing")], "data: ", 1),
-        ([*quick, "--batch-size", "12"], "an epoch reads 2 (the 5 videos", 1),
+        ([*quick, "--batch-size", "20"], "an epoch reads 4 (the 8 videos", 1),
         ([*quick, "--set", "warmup_epochs=5"], "warmup_epochs must be in [0, epochs=1]", 2),
         ([*quick, "--set", "img_size='abc'"], "img_size must be an integer, got \"'abc'\"", 2),
         ([*quick, "--set", "epochs=1.5"], "epochs must be an integer", 2),

@@ -101,10 +101,10 @@ def test_two_process_gloo_run_keeps_ranks_in_step_and_only_rank0_writes(tmp_path
     for name, value in ckpt["model"].items():  # one model: the gradients were averaged over the ranks
         assert torch.equal(rank0["model"][name], value) and torch.equal(rank1["model"][name], value), name
     assert ckpt["world_size"] == WORLD and ckpt["epoch"] == 2
-    assert ckpt["config"]["lr"] == 0.01 * (2 * WORLD) / 256  # blr x effective batch (2 pairs x 2 ranks) / 256
+    assert ckpt["config"]["lr"] == 0.01 * (4 * WORLD) / 256  # blr x effective batch (4 pairs x 2 ranks) / 256
     assert len(ckpt["rng"]) == WORLD and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
 
-    # an epoch reads 5 // 2 = 2 videos, one per rank -> one batch of 1 video (2 pairs) per rank and epoch
+    # an epoch reads 8 // 2 = 4 videos, two per rank -> one batch of 2 videos (4 pairs) per rank and epoch
     rows = log_rows(out / "losses" / "quick.txt")
     assert [(int(r[0]), int(r[1])) for r in rows] == [(1, 0), (2, 1)]
     assert len(log_rows(out / "test_losses" / "quick.txt")) == 2
@@ -136,7 +136,7 @@ if os.environ.get("RANK", "0") != "0":
     assert (tmp_path / "writes-rank1.txt").read_text().strip() == ""
     assert [(int(r[0]), int(r[1])) for r in log_rows(out / "losses" / "quick.txt")] == [(1, 0)]
     ckpt = load_checkpoint(out / "checkpoints" / "quick" / "checkpoint-1.pth")
-    assert ckpt["world_size"] == 2 and ckpt["config"]["batch_size"] == 2
+    assert ckpt["world_size"] == 2 and ckpt["config"]["batch_size"] == 4
     assert "2 process(es)" in result.stdout and result.stdout.count("epoch 1/1") == 1  # rank 0 alone prints
 
 
