@@ -12,6 +12,10 @@ on three sets: dataset/sample (real clips, keyframe every second), and generated
 H.264 clips (made from the sample's real footage) with a keyframe every 1 s and every 8 s.
 Each figure is the median of several timed runs after a warm-up run; the loaders take turns item by item
 and ratios are medians of within-run ratios, so a shared machine's changing load largely cancels out.
+Two more tables: where a pair's time goes (read, RGB conversion, crop + resize, normalisation), and
+the candidate formats for prepared data (H.264 with a keyframe every 8 frames, H.264 intra-only,
+JPEG frames at quality 90 and 75; speed, bytes and PSNR against the source), by which
+`dataset_loader.prepare`'s format was chosen.
 
 pytorchvideo is installed for the benchmark only, into its own folder (never the project's .venv):
 
@@ -197,12 +201,14 @@ def psnr(originals: list[Path], copies: list[Path], short_side: int = 256) -> fl
     return float(10 * np.log10(255.0 ** 2 / np.mean(errors)))
 
 
-def format_formats(comparison: dict) -> str:
-    lines = ["| format (short side 256) | pairs/s (R=2, 8-bit) | speed vs original | bytes vs original | "
-             "PSNR vs the source (dB) |", "|---|---|---|---|---|"]
-    for name, r in comparison.items():
-        lines.append(f"| {name} | {r['pairs_per_s']:.1f} ({r['min']:.1f}-{r['max']:.1f}) | {r['vs original']:.2f}x | "
-                     f"{r['bytes vs original']:.1f}x | {r['psnr_db']:.1f} |")
+def format_formats(results: list[dict]) -> str:
+    """The format comparison of every set that has one, as one table."""
+    lines = ["| set | format (short side 256) | pairs/s (R=2, 8-bit) | speed vs original | bytes vs original | "
+             "PSNR vs the source (dB) |", "|---|---|---|---|---|---|"]
+    for row in results:
+        for name, r in row.get("formats", {}).items():
+            lines.append(f"| {row['set']} | {name} | {r['pairs_per_s']:.1f} ({r['min']:.1f}-{r['max']:.1f}) | "
+                         f"{r['vs original']:.2f}x | {r['bytes vs original']:.1f}x | {r['psnr_db']:.1f} |")
     return "\n".join(lines)
 
 
@@ -423,6 +429,7 @@ def run_benchmark(
     sets: tuple[str, ...] = ("sample", "key1s", "key8s"),
     clip_size: tuple[int, int] = (340, 256),
     loader_workers: int = 2,
+    formats: bool = True,
 ) -> list[dict]:
     """Pairs/s per worker of each loader on each set; `pytorchvideo_dir=None` leaves pytorchvideo out.
 
@@ -459,6 +466,9 @@ def run_benchmark(
         row["prepared / ours (R=2, 8-bit)"] = median_ratio(rates["prepared (R=2, 8-bit)"], rates["ours (R=2, 8-bit)"])
         row["storage prepared / original"] = bytes_after / bytes_before
         row["stages"] = stage_profile(paths, prepared, img_size, items)
+        if formats:  # the candidate formats for prepared data, against the same files
+            row["formats"] = compare_formats(paths, clip_dir / f"formats-{name}-{clip_seconds:g}s", img_size, items,
+                                             runs, warmup)
         row["bound / ours (R=1)"] = median_ratio(rates["decode bound (R=1)"], rates["ours (R=1)"])
         row["bound / ours (R=2)"] = median_ratio(rates["decode bound (R=2)"], rates["ours (R=2)"])
         if "pytorchvideo 0.1.5" in rates:
@@ -469,7 +479,7 @@ def run_benchmark(
 
 
 def format_table(results: list[dict]) -> str:
-    names = [k for k in results[0] if isinstance(results[0][k], dict) and k != "stages"]
+    names = [k for k in results[0] if isinstance(results[0][k], dict) and k not in ("stages", "formats")]
     lines = ["| set | " + " | ".join(names) + f" | prepared / original, R=2 (target >= {TARGET_PREPARED:g}); storage "
              f"| ours / pytorchvideo (target >= {TARGET_VS_PYTORCHVIDEO:g}) "
              f"| time ours / bound R=1 (target <= {TARGET_VS_BOUND:g}) | time ours / bound R=2 |",
@@ -505,8 +515,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--install-pytorchvideo", action="store_true", help="install it there first")
     parser.add_argument("--no-pytorchvideo", action="store_true", help="leave pytorchvideo out")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one core")
-    parser.add_argument("--formats", action="store_true",
-                        help="instead: compare candidate formats for prepared data on dataset/sample")
+    parser.add_argument("--no-formats", action="store_true", help="leave out the comparison of prepared formats")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -519,17 +528,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     core = None if args.no_pin else pin_to_one_core()
     print(f"pairs/s per worker: median of {args.runs} runs of {args.items} items after {args.warmup} warm-up; "
           f"{'core ' + str(core) if core is not None else 'unpinned'}, 1 decoding thread, PyAV {av.__version__}")
-    if args.formats:
-        comparison = compare_formats(sorted(SAMPLE_DIR.glob("*/*/*.mp4")), args.clip_dir / "formats", args.img_size,
-                                     args.items, args.runs, args.warmup)
-        print(format_formats(comparison))
-        save_json(args.json, comparison)
-        return [comparison]
     results = run_benchmark(args.items, args.runs, args.warmup, clip_dir=args.clip_dir, img_size=args.img_size,
-                            pytorchvideo_dir=ptv_dir)
+                            pytorchvideo_dir=ptv_dir, formats=not args.no_formats)
     print(format_table(results))
     print()
     print(format_profile(results))
+    if not args.no_formats:
+        print()
+        print(format_formats(results))
     save_json(args.json, results)
     return results
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ml.config import TrainConfig
-from ml.SiamMAE import DECODER_TYPES, SIAMMAE_PRESETS, SiamMAE, create_model
+from ml.SiamMAE import DECODER_SIZES, DECODER_TYPES, SIAMMAE_PRESETS, SiamMAE, create_model, decoder_dims
 
 
 def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
@@ -79,8 +79,13 @@ def main() -> None:
 
     arch = TrainConfig.arch
     variants = [{**preset_row(arch, args.img_size, args.mask_ratio, decoder_type=t), "label": t} for t in DECODER_TYPES]
+    for name in DECODER_SIZES:  # the decoder sizes, cross_self
+        width, depth, heads, ratio = decoder_dims(name)
+        variants.append({**preset_row(arch, args.img_size, args.mask_ratio, decoder_embed_dim=width,
+                                      decoder_depth=depth, decoder_num_heads=heads, decoder_mlp_ratio=ratio),
+                         "label": f"cross_self, decoder_size={name} ({width}/{depth}/{heads}/{ratio:g})"})
     print(f"\nDecoder variants of {arch}:\n")
-    print(markdown_table(variants, first_column="decoder_type"))
+    print(markdown_table(variants, first_column="decoder"))
 
 
 if __name__ == "__main__":

@@ -250,7 +250,8 @@ def run_data(quick: bool, results_dir: Path) -> tuple[list[dict], str]:
     json_path = results_dir / "data.json"
     if quick:
         results = bench_data.run_benchmark(items=2, runs=1, warmup=0, clip_seconds=0.5, clip_dir=results_dir / "clips",
-                                           img_size=32, pytorchvideo_dir=None, sets=("key1s",), clip_size=(64, 48))
+                                           img_size=32, pytorchvideo_dir=None, sets=("key1s",), clip_size=(64, 48),
+                                           formats=False)
         write_text_atomic(json_path, json.dumps(results, indent=2))
         return results, "(quick: bench_data.run_benchmark at a tiny size, no pytorchvideo)"
     if not (bench_data.PYTORCHVIDEO_DIR / "pytorchvideo").is_dir():
@@ -331,10 +332,17 @@ def _fmt_range(median: float, lo: float, hi: float, digits: int = 2) -> str:
 
 
 def render_data(results: list[dict]) -> str:
-    from bench.bench_data import format_table
+    from bench.bench_data import format_formats, format_profile, format_table
 
-    return (format_table(results) + "\n\nPairs/s per worker, median (min-max) of the timed runs. The two ratio "
-            "columns of time per pair are ours over the bare decode (1.00x: ours costs no more than decoding).")
+    text = (format_table(results) + "\n\nPairs/s per worker, median (min-max) of the timed runs. The two ratio "
+            "columns of time per pair are ours over the bare decode (1.00x: ours costs no more than decoding). "
+            "\"prepared\": the same videos after `python -m dataset_loader.prepare` (JPEG frames, short side 256, "
+            "quality 90), read by the same `KineticsFramePairs`.\n\nWhere a pair's time goes (ms per pair, R=2, "
+            "224 px, one core):\n\n" + format_profile(results))
+    if any("formats" in row for row in results):
+        text += ("\n\nCandidate formats for prepared data (each set re-encoded at short side 256; PSNR of first, "
+                 "middle and last frames against the source's):\n\n" + format_formats(results))
+    return text
 
 
 def render_train(results: list[dict]) -> str:
@@ -471,9 +479,15 @@ def _met(ok: bool) -> str:
 
 
 def _summary_data(data: list[dict]) -> str:
-    from bench.bench_data import TARGET_VS_BOUND, TARGET_VS_PYTORCHVIDEO
+    from bench.bench_data import TARGET_PREPARED, TARGET_VS_BOUND, TARGET_VS_PYTORCHVIDEO
 
     parts = []
+    prepared = [(r["set"], r["prepared / ours (R=2, 8-bit)"], r["storage prepared / original"]) for r in data
+                if "prepared / ours (R=2, 8-bit)" in r]
+    if prepared:
+        ok = all(a >= TARGET_PREPARED for _, a, _ in prepared)
+        parts.append(f"prepared / original files, R=2 (target >= {TARGET_PREPARED:g}x, {_met(ok)}): "
+                     + ", ".join(f"{a:.2f}x on {s} for {b:.1f}x the bytes" for s, a, b in prepared))
     vs_ptv = [(r["set"], r["ours / pytorchvideo"], r["ours R=2 / pytorchvideo"]) for r in data
               if "ours / pytorchvideo" in r]
     if vs_ptv:
@@ -575,8 +589,8 @@ def _summary_cost(cost: dict) -> str:
             f"{cost['gpu_peak_flops'] / 1e12:,.0f} TFLOP/s): " + "; ".join(recipes) + ". Limit: data. One GPU "
             f"would train {lo['pairs_per_s_per_gpu']:,.0f}-{hi['pairs_per_s_per_gpu']:,.0f} pairs/s, which takes "
             + ", ".join(f"{a:,}-{b:,} loader workers (cores) on {name}" for name, (a, b) in workers.items())
-            + " per GPU at our measured pairs/s per worker: decoding, not the GPU, bounds such a run unless the "
-            "frames are decoded ahead of time or on the GPU.")
+            + " per GPU at our measured pairs/s per worker: on the original files decoding, not the GPU, bounds "
+            "such a run; prepared data (JPEG frames) cuts the cores several-fold.")
 
 
 # ---------------------------------------------------------------- main

@@ -63,7 +63,11 @@ def decoder_dims(size: str) -> tuple[int, int, int, float] | None:
 
 # ----------------------------------------------------------------------------- decoder layers
 class CrossAttention(nn.Module):
-    """Multi-head attention of query tokens (N, T, D) over context tokens (N, S, D)."""
+    """Multi-head attention of query tokens (N, T, D) over context tokens (N, S, D).
+
+    With `keep_attention` set, the attention weights of the last call are kept in `attention`
+    (N, heads, T, S) (computed explicitly instead of by the fused kernel: for analysis, not training).
+    """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True) -> None:
         super().__init__()
@@ -73,13 +77,20 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.keep_attention = False
+        self.attention: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         N, T, D = x.shape
         S, h = context.shape[1], self.num_heads
         q = self.q(x).reshape(N, T, h, D // h).transpose(1, 2)  # (N, h, T, d)
         k, v = self.kv(context).reshape(N, S, 2, h, D // h).permute(2, 0, 3, 1, 4)  # 2 x (N, h, S, d)
-        x = F.scaled_dot_product_attention(q, k, v)  # (N, h, T, d)
+        if self.keep_attention:
+            weights = (q @ k.transpose(-2, -1) * (D // h) ** -0.5).softmax(dim=-1)  # (N, h, T, S)
+            self.attention = weights.detach()
+            x = weights @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v)  # (N, h, T, d)
         return self.proj(x.transpose(1, 2).reshape(N, T, D))
 
 

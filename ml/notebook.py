@@ -21,6 +21,8 @@ from ml.checkpoint import read_checkpoint_meta, seed_everything
 from ml.config import NOTEBOOK_SETTINGS, TrainConfig, get_preset
 from ml.plots import (  # noqa: F401  (re-exported for the notebook)
     plot_attention_maps,
+    plot_cross_attention,
+    plot_f1_ablation,
     plot_losses,
     plot_pairs,
     plot_results_from_checkpoint,
@@ -150,13 +152,89 @@ def loss_summary(config: TrainConfig) -> tuple[str, Figure]:
 # ---------------------------------------------------------------- 8. reconstructions
 def untrained_reconstruction(config: TrainConfig, sample: dict, device: torch.device | str) -> Figure:
     """The first sample through the model at its random initialisation, for comparison."""
-    torch.manual_seed(config.seed)
-    fig = plot_sample(sample, build_model(config).to(device), device)
+    fig = plot_sample(sample, untrained_model(config).to(device), device)
     fig.suptitle("the same pair through an untrained model (random initialisation)")
     return fig
 
 
-# ---------------------------------------------------------------- 9. attention maps
+def untrained_model(config: TrainConfig) -> torch.nn.Module:
+    """The config's model at its seeded random initialisation (the baseline of every comparison below)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        return build_model(config).eval()
+
+
+# ---------------------------------------------------------------- 9. does the decoder use the past frame?
+PAIRS_PER_VIDEO = 4  # fixed pairs per video in the analyses
+
+
+def analysis_pairs(config: TrainConfig) -> dict[str, Any]:
+    """Fixed pairs (no augmentation) from every video of the training and the held-out split."""
+    from ml.analysis import fixed_pairs
+
+    splits = [config.train_split] + ([config.test_split] if config.test_split else [])
+    return {split: fixed_pairs(config.data, split, config.img_size, PAIRS_PER_VIDEO, seed=config.seed,
+                               min_gap=config.min_gap, max_gap=config.max_gap) for split in splits}
+
+
+def f1_ablation_report(config: TrainConfig, model: torch.nn.Module, pairs: dict[str, Any],
+                       device: torch.device | str) -> tuple[dict, str, Figure]:
+    """The masked-patch loss with four choices of f1 (trained model and its initialisation), as a table, a
+    reading of it, and a bar chart of the trained model's losses."""
+    from ml.analysis import F1_CONDITIONS, f1_ablation, format_f1_ablation
+
+    trained = f1_ablation(model.to(device), pairs)
+    untrained = f1_ablation(untrained_model(config).to(device), pairs)
+    true, other, _, itself = F1_CONDITIONS
+    train_split, test_split = config.train_split, config.test_split or config.train_split
+    copies = trained[itself][train_split] - trained[true][train_split]
+    needs = trained[other][test_split] - trained[true][test_split]
+    lines = ["trained model:", format_f1_ablation(trained, pairs), "", "the same at its random initialisation:",
+             format_f1_ablation(untrained, pairs), "",
+             f"f1 = f2 itself vs the true past frame, {train_split} pairs: {copies:+.3f} "
+             f"({'lower: the decoder copies from f1 what f1 shows' if copies < 0 else 'not lower: no copying yet'})",
+             f"another video's frame vs the true past frame, {test_split} pairs: {needs:+.3f} "
+             f"({'the decoder relies on the past frame' if needs >= 0.05 else 'under 0.05: little reliance on f1'})"]
+    fig = plot_f1_ablation(trained, title=f"does the decoder use the past frame?\n({config.prefix}; the same pairs "
+                                          f"and masks in every bar)")
+    return trained, "\n".join(lines), fig
+
+
+# ---------------------------------------------------------------- 10. where the decoder looks
+def cross_attention_report(config: TrainConfig, model: torch.nn.Module, pairs: dict[str, Any],
+                           device: torch.device | str, pair: int = -1, queries: int = 3) -> tuple[str, Figure]:
+    """Cross-attention maps of a few masked patches of one held-out pair: every decoder block of the trained model
+    and the last block of the untrained one (the mean over heads), and each head of the trained block whose
+    attention is the most local; and, over all held-out pairs, how often each block's attention peaks near the
+    masked patch's own position."""
+    from ml.analysis import attention_locality, cross_attention, textured_masked_patches
+
+    fixed = pairs[config.test_split or config.train_split]
+    baseline = untrained_model(config).to(device)
+    model = model.to(device)
+    depth = len(model.decoder.blocks)
+    lines, locality = [], {}
+    for name, m in (("trained", model), ("untrained", baseline)):
+        for block in range(depth):
+            loc = attention_locality(m, fixed, block=block)
+            locality[(name, block)] = loc["peak_near"]
+            lines.append(f"{name:9s} block {block + 1} of {depth}: the attention of {loc['patches']} masked patches "
+                         f"({len(fixed)} {fixed.split} pairs) peaks within one patch of the patch's own position "
+                         f"{loc['peak_near']:.0%} of the time, with {loc['mass_near']:.0%} of its mass there "
+                         f"(uniform attention: {loc['uniform']:.0%})")
+    local = max(range(depth), key=lambda b: locality[("trained", b)])
+    pair = pair % len(fixed)
+    f1, f2 = fixed.f1[pair], fixed.f2[pair]
+    maps = {f"trained, block {b + 1}": cross_attention(model, f1, f2, block=b) for b in range(depth)}
+    maps[f"untrained, block {depth}"] = cross_attention(baseline, f1, f2, block=depth - 1)
+    chosen = textured_masked_patches(f2, maps[f"trained, block {depth}"]["mask"], model.patch_size, queries)
+    lines.insert(0, f"maps: {Path(fixed.videos[pair]).name}, frames {fixed.indices[pair][0]} -> "
+                    f"{fixed.indices[pair][1]}; masked patches {chosen}; heads of trained block {local + 1}")
+    fig = plot_cross_attention(f1, f2, maps, chosen, model.patch_size, heads_of=f"trained, block {local + 1}")
+    return "\n".join(lines), fig
+
+
+# ---------------------------------------------------------------- 11. encoder attention maps
 def attention_figure(config: TrainConfig, model: torch.nn.Module, device: torch.device | str) -> Figure:
     """The last layer's [CLS] attention of `model` on a held-out frame at twice the training size."""
     from dataset_loader.dataset import KineticsFramePairs
@@ -168,7 +246,7 @@ def attention_figure(config: TrainConfig, model: torch.nn.Module, device: torch.
     return plot_attention_maps(model.to(device).eval(), info["f1"])
 
 
-# ---------------------------------------------------------------- 10. label propagation
+# ---------------------------------------------------------------- 12. label propagation
 def davis_folder(davis: str, config: TrainConfig) -> Path:
     """The DAVIS-layout folder to evaluate on: `davis` if set, else ../shared/data/davis_mini when it is there,
     else (or with davis="synthetic") a small synthetic sequence written into the run's output folder."""
@@ -185,25 +263,26 @@ def davis_folder(davis: str, config: TrainConfig) -> Path:
 
 
 def compare_on_davis(config: TrainConfig, model: torch.nn.Module, davis_root: Path, device: torch.device | str,
-                     setting: str) -> tuple[dict[str, dict], Figure]:
-    """Label propagation on the first sequence of `davis_root` with the trained encoder and its random
-    initialisation; their scores and the figure of the trained encoder's masks."""
+                     ) -> tuple[dict[str, dict], Figure]:
+    """Label propagation with the evaluation's default protocol on the first sequence of `davis_root`: the trained
+    encoder, its random initialisation and raw pixels; their scores and the figure of the trained encoder's masks."""
+    from ml.eval.encoders import PixelEncoder
     from ml.evaluate import plot_propagation, run_evaluation, weights_fingerprint
 
     sequence = sorted(p.name for p in (davis_root / "JPEGImages" / "480p").iterdir() if p.is_dir())[0]
-    size = None if setting == "paper" else 4 * config.img_size  # the protocol's 480p on GPUs; short side on CPU
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        baseline = build_model(config)  # the same preset at a seeded random initialisation
+    encoders = {"trained": model.encoder, "random init": untrained_model(config).encoder,
+                "raw pixels": PixelEncoder(patch_size=model.patch_size)}
     results = {}
-    for name, encoder in (("trained", model.encoder), ("random init", baseline.encoder)):
-        out = Path(config.output_dir) / "eval" / f"davis-{weights_fingerprint(encoder)[:10]}"  # one folder per weights
+    for name, encoder in encoders.items():
+        tag = "pixels" if name == "raw pixels" else weights_fingerprint(encoder)[:10]
+        out = Path(config.output_dir) / "eval" / f"davis-{tag}"  # one folder per weights
         start = time.perf_counter()
-        r = run_evaluation("davis", davis_root, out, encoder=encoder.to(device).eval(), arch=config.arch, size=size,
+        r = run_evaluation("davis", davis_root, out, encoder=encoder.to(device).eval(), arch=config.arch,
                            device=device, sequences=[sequence], progress=False)
         results[name] = r
         print(f"{name:12s} J&F {r['J&F-Mean']:.3f}  J {r['J-Mean']:.3f}  F {r['F-Mean']:.3f}  "
-              f"({r['frames']} frames of {davis_root.name}/{sequence}, {time.perf_counter() - start:.1f} s)")
+              f"({r['frames']} frames of {davis_root.name}/{sequence}, protocol {r['protocol']}, "
+              f"{time.perf_counter() - start:.1f} s)")
     return results, plot_propagation(davis_root, results["trained"]["output"], sequence)
 
 

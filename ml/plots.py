@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
-from mae.models_mae import patch_statistics
+from mae.models_mae import normalize_patches, patch_statistics
 from ml.run import Run
 
 PANEL_INCHES = 2.4  # side of one image panel
@@ -125,19 +125,27 @@ def reconstruct(model: torch.nn.Module, f1: torch.Tensor, f2: torch.Tensor, seed
     grid = (f2.shape[-2] // p, f2.shape[-1] // p)
     target = encoder.patchify(f2)  # (1, L, p*p*3)
     norm_pix_loss = bool(getattr(model, "norm_pix_loss", False))
-    if norm_pix_loss:
-        # the prediction is in per-patch normalised space: map it back with each target patch's statistics
-        mean, std = patch_statistics(target)
-        pred = pred * std + mean
-    reconstruction = encoder.unpatchify(pred.float(), grid)  # (1, 3, H, W)
     mask_image = encoder.unpatchify(mask.float().unsqueeze(-1).expand(-1, -1, p * p * 3), grid)  # 1 = masked
     visible = f2 * (1 - mask_image) + _blank_like(f2) * mask_image
-    pasted = f2 * (1 - mask_image) + reconstruction * mask_image
-    return {
-        "loss": float(loss), "norm_pix_loss": norm_pix_loss, "mask": mask[0].cpu(),
-        "f1": f1[0].cpu(), "f2": f2[0].cpu(), "visible": visible[0].cpu(),
-        "reconstruction": reconstruction[0].cpu(), "pasted": pasted[0].cpu(),
-    }
+    out = {"loss": float(loss), "norm_pix_loss": norm_pix_loss, "mask": mask[0].cpu(), "f1": f1[0].cpu(),
+           "f2": f2[0].cpu(), "visible": visible[0].cpu()}
+    if norm_pix_loss:
+        # what the model predicts: per-patch normalised pixels (each patch's mean and variance taken out)
+        shown = _black_like(f2) * (1 - mask_image)  # visible patches black: they were given, not predicted
+        out["target_normalised"] = encoder.unpatchify(normalize_patches(target).float(), grid)[0].cpu()
+        out["prediction"] = (encoder.unpatchify(pred.float(), grid) * mask_image + shown)[0].cpu()
+        mean, std = patch_statistics(target)  # f2's true patch statistics, for the labelled extra column
+        pred = pred * std + mean
+    reconstruction = encoder.unpatchify(pred.float(), grid)  # (1, 3, H, W)
+    out["reconstruction"] = reconstruction[0].cpu()
+    out["pasted"] = (f2 * (1 - mask_image) + reconstruction * mask_image)[0].cpu()
+    return out
+
+
+def normalised_patches_image(x: torch.Tensor) -> np.ndarray:
+    """Per-patch normalised pixels (3, H, W) (mean 0, std 1 within each patch) as an image: 0 is mid-grey and one
+    standard deviation a quarter of the range, the same scale for target and prediction."""
+    return (0.5 + 0.25 * x.detach().cpu().float()).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def _blank_like(frame: torch.Tensor) -> torch.Tensor:
@@ -146,21 +154,41 @@ def _blank_like(frame: torch.Tensor) -> torch.Tensor:
     return grey.view(1, 3, 1, 1).expand_as(frame)
 
 
+def _black_like(frame: torch.Tensor) -> torch.Tensor:
+    """Black in the display of per-patch normalised pixels (`normalised_patches_image` maps -2 to 0)."""
+    return torch.full_like(frame, -2.0)
+
+
+def row_columns(norm_pix_loss: bool) -> int:
+    """Panels in one reconstruction row."""
+    return 6 if norm_pix_loss else 5
+
+
 def _draw_row(axes: Sequence[Any], result: dict[str, Any], label: str | None = None) -> None:
     kept = int((result["mask"] == 0).sum())
     total = result["mask"].numel()
-    source = "\n(patch mean, std from f2)" if result["norm_pix_loss"] else ""
-    titles = ["f1 (past frame)", "f2 (future frame)", f"visible patches of f2\n({kept} of {total})",
-              f"reconstruction, loss {result['loss']:.3f}{source}", "reconstruction\n+ visible patches"]
-    for ax, key, title in zip(axes, ("f1", "f2", "visible", "reconstruction", "pasted"), titles):
-        _show(ax, to_display_image(result[key]), title)
+    panels = [(to_display_image(result["f1"]), "f1 (past frame)"),
+              (to_display_image(result["f2"]), "f2 (future frame)"),
+              (to_display_image(result["visible"]), f"visible patches of f2\n({kept} of {total}, given)")]
+    if result["norm_pix_loss"]:
+        panels += [(normalised_patches_image(result["target_normalised"]), "target: f2 per-patch\nnormalised"),
+                   (normalised_patches_image(result["prediction"]),
+                    f"prediction, loss {result['loss']:.3f}\n(model output only)"),
+                   (to_display_image(result["pasted"]), "prediction with f2's TRUE\npatch mean & std + visible")]
+    else:
+        panels += [(to_display_image(result["reconstruction"]), f"prediction, loss {result['loss']:.3f}"),
+                   (to_display_image(result["pasted"]), "prediction\n+ visible patches")]
+    for ax, (image, title) in zip(axes, panels):
+        _show(ax, image, title)
     if label:
         axes[0].set_ylabel(label, fontsize=9)
 
 
 def plot_sample(sample: Any, model: torch.nn.Module, device: torch.device | str | None = None, seed: int = 0) -> Figure:
-    """One labelled row for a frame pair: f1, f2, the visible patches of f2 the model was given,
-    the reconstruction, and the reconstruction pasted into the visible patches.
+    """One labelled row for a frame pair: f1, f2, the visible patches of f2 the model was given, then (norm-pix
+    models) the target as the model sees it (f2 per-patch normalised), the prediction itself on the same scale
+    (masked patches only: nothing of f2 in it), and, labelled as such, the prediction mapped back with f2's true
+    patch means and deviations; (other models) the prediction and the prediction pasted into the visible patches.
 
     `sample` is (f1, f2) or a dict with `f1`, `f2` (normalised tensors (3, H, W) or uint8 (H, W, 3)).
     The mask is drawn from `seed`, so the figure is the same every time.
@@ -169,7 +197,8 @@ def plot_sample(sample: Any, model: torch.nn.Module, device: torch.device | str 
         model = model.to(device)
     f1, f2 = _frames_of(sample)
     result = reconstruct(model, f1, f2, seed=seed)
-    fig, axes = plt.subplots(1, 5, figsize=(5 * PANEL_INCHES, PANEL_INCHES + 0.8), layout="constrained")
+    cols = row_columns(result["norm_pix_loss"])
+    fig, axes = plt.subplots(1, cols, figsize=(cols * PANEL_INCHES, PANEL_INCHES + 0.8), layout="constrained")
     _draw_row(axes, result, _sample_label(sample))
     fig.suptitle(f"SiamMAE reconstruction of f2 from f1 at mask ratio {_mask_ratio(model):.0%}", fontsize=12)
     return fig
@@ -211,8 +240,8 @@ def plot_results_from_checkpoint(
     path = find_checkpoint(checkpoint_name)
     model = prepare_model(path).to(device)
     samples = load_samples(samples_path)
-    rows = len(samples)
-    fig, axes = plt.subplots(rows, 5, figsize=(5 * PANEL_INCHES, rows * (PANEL_INCHES + 0.5) + 0.4),
+    rows, cols = len(samples), row_columns(bool(getattr(model, "norm_pix_loss", False)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * PANEL_INCHES, rows * (PANEL_INCHES + 0.5) + 0.4),
                              layout="constrained", squeeze=False)
     for row, sample in enumerate(samples):
         result = reconstruct(model, sample["f1"], sample["f2"], seed=row)
@@ -221,6 +250,91 @@ def plot_results_from_checkpoint(
     if data_loader is not None:
         title += f"; loss on the data loader {evaluate_loss(model, data_loader, device):.4f}"
     fig.suptitle(title, fontsize=12)
+    return fig
+
+
+# ---------------------------------------------------------------- does the decoder use f1?
+def plot_f1_ablation(table: dict[str, dict[str, float]], title: str | None = None) -> Figure:
+    """Bars of `ml.analysis.f1_ablation`'s losses: one group per split, one bar per f1 given to the decoder."""
+    conditions = list(table)
+    splits = list(next(iter(table.values())))
+    fig, ax = plt.subplots(figsize=(1.6 + 2.2 * len(splits), 3.6), layout="constrained")
+    width = 0.8 / len(conditions)
+    colours = ["tab:green", "tab:red", "tab:gray", "tab:blue"]
+    for k, condition in enumerate(conditions):
+        x = np.arange(len(splits)) + (k - (len(conditions) - 1) / 2) * width
+        values = [table[condition][s] for s in splits]
+        bars = ax.bar(x, values, width, label=condition, color=colours[k % len(colours)])
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
+    ax.set_xticks(np.arange(len(splits)), [f"{s} pairs" for s in splits])
+    ax.set_ylabel("loss on f2's masked patches")
+    low = min(min(r.values()) for r in table.values())
+    high = max(max(r.values()) for r in table.values())
+    ax.set_ylim(max(0.0, low - 0.25 * (high - low) - 0.02), high + 0.15 * (high - low) + 0.02)
+    ax.legend(title="f1 given to the decoder", fontsize=8, title_fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title or "does the decoder use the past frame?\n(the same pairs and masks in every bar)", fontsize=11)
+    return fig
+
+
+def plot_cross_attention(
+    f1: torch.Tensor,
+    f2: torch.Tensor,
+    maps: dict[str, dict],
+    queries: Sequence[int],
+    patch_size: int,
+    heads_of: str | None = None,
+    alpha: float = 0.65,
+) -> Figure:
+    """Where the decoder looks: for each query patch of f2 (a row), its cross-attention over f1 drawn on f1.
+
+    `maps` = {model name: `ml.analysis.cross_attention` result} for one pair (f1, f2); columns: f2 with the
+    query patch boxed, then per model the mean over heads, and for the model `heads_of` (default: the first)
+    each head. On every map the box marks the query's own position and a cross the attention's peak.
+    """
+    first = next(iter(maps))
+    heads_of = heads_of or first
+    heads = maps[heads_of]["attention"].shape[0]
+    h, w = maps[first]["grid"]
+    columns = 1 + len(maps) + heads
+    aspect = h / w
+    side = PANEL_INCHES * 0.9
+    fig, axes = plt.subplots(len(queries), columns, squeeze=False, layout="constrained",
+                             figsize=(columns * side, len(queries) * (side * aspect + 0.45)))
+    image1, image2 = to_display_image(f1), to_display_image(f2)
+    grey1 = image1.mean(axis=-1)
+
+    def box(ax: Any, q: int, colour: str) -> None:
+        r, c = divmod(q, w)
+        ax.add_patch(plt.Rectangle((c * patch_size - 0.5, r * patch_size - 0.5), patch_size, patch_size,
+                                   fill=False, edgecolor=colour, linewidth=2))
+
+    def heat(ax: Any, weights: torch.Tensor, q: int, title: str) -> None:
+        m = weights.reshape(h, w)
+        up = m.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1).numpy()
+        ax.imshow(grey1, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(up, cmap="inferno", alpha=alpha, vmin=0, vmax=float(m.max()))
+        peak = int(weights.argmax())
+        ax.plot((peak % w + 0.5) * patch_size - 0.5, (peak // w + 0.5) * patch_size - 0.5, "x", color="cyan",
+                markersize=9, markeredgewidth=2)
+        box(ax, q, "lime")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    for row, q in enumerate(queries):
+        axes[row, 0].imshow(image2)
+        box(axes[row, 0], q, "lime")
+        _show(axes[row, 0], image2, f"f2, masked patch {q}" if row == 0 else f"patch {q}")
+        box(axes[row, 0], q, "lime")
+        for k, (name, result) in enumerate(maps.items()):
+            weights = result["attention"][:, q]  # (heads, L)
+            heat(axes[row, 1 + k], weights.mean(0), q, f"{name}: mean of heads" if row == 0 else name)
+        for k in range(heads):
+            heat(axes[row, 1 + len(maps) + k], maps[heads_of]["attention"][k, q], q,
+                 f"{heads_of}: head {k + 1}" if row == 0 else f"head {k + 1}")
+    fig.suptitle("decoder cross-attention of masked patches of f2 over f1; green box: the patch's own position, "
+                 "cyan x: the peak", fontsize=11)
     return fig
 
 

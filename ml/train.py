@@ -410,8 +410,10 @@ def _train_epochs(
                 board.epoch(epoch + 1, test_loss, module, test_loader if test_loader is not None else train_loader)
             _save_epoch(run, config, module, optimizer, scheduler, scaler, epoch + 1, train_loader, world)
             test_text = f", test loss {test_loss:.4f}" if test_loss is not None else ""
-            _say(f"epoch {epoch + 1}/{config.epochs}: train loss {sum(losses) / len(losses):.4f}{test_text}, lr "
-                 f"{optimizer.param_groups[0]['lr']:.3g}, {time.perf_counter() - start:.1f} s")
+            last_of_call = epoch + 1 == config.epochs or epoch + 1 == stop_after_epoch or stop()
+            if (epoch + 1) % config.print_every == 0 or epoch == start_epoch or last_of_call:
+                _say(f"epoch {epoch + 1}/{config.epochs}: train loss {sum(losses) / len(losses):.4f}{test_text}, lr "
+                     f"{optimizer.param_groups[0]['lr']:.3g}, {time.perf_counter() - start:.1f} s")
             if stop():
                 raise TrainingStopped(f"{config.prefix}: stopped after epoch {epoch + 1} ({stop.signal_name}); "
                                       f"{_where_to_resume(run, diverged=False)}")

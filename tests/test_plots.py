@@ -55,14 +55,15 @@ def image_axes(fig: plt.Figure) -> list:
     return [ax for ax in fig.axes if ax.get_images()]
 
 
-def test_plot_sample_shows_five_labelled_panels(tiny_model, real_pair) -> None:
+def test_plot_sample_shows_six_labelled_panels(tiny_model, real_pair) -> None:
     fig = plot_sample(real_pair, tiny_model, "cpu")
     panels = image_axes(fig)
-    assert len(panels) == 5
+    assert len(panels) == 6
     titles = [ax.get_title() for ax in panels]
-    assert titles[0].startswith("f1") and titles[1].startswith("f2")
-    assert "visible" in titles[2] and titles[3].startswith("reconstruction") and "visible" in titles[4]
-    assert "from f2" in titles[3]  # says where the patch statistics of the un-normalised prediction come from
+    assert titles[0].startswith("f1") and titles[1].startswith("f2") and "visible" in titles[2]
+    assert titles[3].startswith("target") and "normalised" in titles[3]
+    assert titles[4].startswith("prediction") and "model output only" in titles[4]
+    assert "TRUE" in titles[5]  # says that the colours of this panel come from f2's true patch statistics
     assert "2 of 49" in titles[2]  # 95% of a 7x7 grid removed: int(49 * 0.05) patches stay
     assert fig._suptitle is not None and "95%" in fig._suptitle.get_text()
     plt.close(fig)
@@ -90,6 +91,28 @@ def test_reconstruction_is_unnormalised_back_to_image_space(tiny_model, real_pai
     assert not torch.equal(reconstruct(tiny_model, f1, f2, seed=4)["mask"], mask)
 
 
+def test_the_prediction_panel_holds_nothing_of_the_masked_patches(tiny_model, real_pair) -> None:
+    """Changing what f2 shows under its masked patches changes the target and the true-statistics panel, never
+    the prediction panel: that one is the model's output alone."""
+    f1, f2 = real_pair
+    mask = reconstruct(tiny_model, f1, f2, seed=2)["mask"]
+    p = tiny_model.patch_size
+    mask_image = tiny_model.encoder.unpatchify(mask[None, :, None].expand(-1, -1, p * p * 3).float())[0]
+    other = f2 * (1 - mask_image) + (3 * f2.flip(-1) + 1) * mask_image  # same visible patches, other content
+    a, b = reconstruct(tiny_model, f1, f2, seed=2), reconstruct(tiny_model, f1, other, seed=2)
+    assert torch.equal(a["mask"], b["mask"])
+    assert torch.equal(a["prediction"], b["prediction"])
+    assert not torch.allclose(a["target_normalised"], b["target_normalised"])
+    assert not torch.allclose(a["pasted"], b["pasted"])
+    # the prediction panel is the model's per-patch normalised output on masked patches, black on visible ones
+    torch.manual_seed(2)  # the mask of seed 2, as `reconstruct` draws it
+    with torch.no_grad():
+        _, pred, _ = tiny_model(f1[None], f2[None])
+    shown = tiny_model.encoder.patchify(a["prediction"][None])[0]
+    assert torch.allclose(shown[mask == 1], pred[0][mask == 1], atol=1e-6)
+    assert (shown[mask == 0] == -2).all()
+
+
 def test_reconstruction_of_a_model_predicting_plain_pixels(real_pair) -> None:
     """Without norm_pix_loss the prediction is in image space already: its error on removed patches is the loss."""
     torch.manual_seed(0)
@@ -102,7 +125,8 @@ def test_reconstruction_of_a_model_predicting_plain_pixels(real_pair) -> None:
     loss = (((recon - target) ** 2).mean(-1) * mask).sum() / mask.sum()
     assert loss.item() == pytest.approx(result["loss"], rel=1e-4)
     fig = plot_sample(real_pair, model)
-    assert "from f2" not in image_axes(fig)[3].get_title()  # nothing of f2's statistics is used
+    titles = [ax.get_title() for ax in image_axes(fig)]
+    assert len(titles) == 5 and not any("TRUE" in t for t in titles)  # nothing of f2's statistics is used
     plt.close(fig)
 
 
@@ -118,13 +142,13 @@ def test_plot_results_from_checkpoint_loads_the_run_and_plots_every_sample(tmp_p
     loader = [(small[0][:2], small[1][:2]), (small[0][2:], small[1][2:])]
     fig = plot_results_from_checkpoint(run, loader, "cpu", samples_path=REPO / "samples.pickle")
     panels = image_axes(fig)
-    assert len(panels) == 5 * len(samples)
+    assert len(panels) == 6 * len(samples)
     # the checkpoint's weights, size and mask ratio were used: the losses shown are those of the saved model
     expected = reconstruct(model, samples[1]["f1"], samples[1]["f2"], seed=1)
-    assert f"loss {expected['loss']:.3f}" in panels[5 + 3].get_title()
+    assert f"loss {expected['loss']:.3f}" in panels[6 + 4].get_title()
     assert "4 of 16" in panels[2].get_title()  # 25% of a 4x4 grid visible
     assert f"{evaluate_loss(model, loader, 'cpu'):.4f}" in fig._suptitle.get_text()
-    assert [ax.get_ylabel().split("\n")[0] for ax in panels[::5]] == [
+    assert [ax.get_ylabel().split("\n")[0] for ax in panels[::6]] == [
         f"{s['split']}: {Path(s['video']).stem}" for s in samples]
     plt.close(fig)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):

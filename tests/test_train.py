@@ -370,6 +370,15 @@ def test_resumed_run_reproduces_every_loss_exactly(tmp_path) -> None:
     assert model.img_size == 64 and all(torch.equal(v, b["model"][k]) for k, v in model.state_dict().items())
 
 
+def test_print_every_thins_the_printed_lines_not_the_logs(tmp_path, capsys) -> None:
+    cfg = quick_config(tmp_path, epochs=5, print_every=3)
+    train(cfg, stop_after_epoch=4, progress=False)
+    train(cfg, resume="auto", progress=False)
+    printed = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert printed == ["epoch 1/5", "epoch 3/5", "epoch 4/5", "epoch 5/5"]  # first, every 3rd, last of each call
+    assert [r[0] for r in log_rows(tmp_path / "test_losses" / "quick.txt")] == [1, 2, 3, 4, 5]
+
+
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path) -> None:
     cfg = quick_config(tmp_path, epochs=3)
     model = train(cfg, stop_after_epoch=1, progress=False)
