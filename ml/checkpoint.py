@@ -76,6 +76,20 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -
         raise
 
 
+def unwritable_reason(folder: Path) -> str | None:
+    """Why files cannot be written into `folder` (creating it if need be), or None when they can."""
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be created: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"is not writable ({existing} is read-only for this user)"
+    return None
+
+
 class _ErrorRecordingWriter:
     """A file object that remembers the OSError of a failed write: `torch.save` replaces it by a vague RuntimeError."""
 

@@ -51,6 +51,7 @@ from ml.checkpoint import (
     remove_temp_files,
     save_checkpoint,
     temp_name,
+    unwritable_reason,
 )
 from ml.config import TrainConfig, recipe_differences
 
@@ -101,15 +102,9 @@ class Run:
     # ------------------------------------------------------------- where it may write
     def check_writable(self) -> None:
         """RunError (one line) when the output folder is a file, or cannot be created or written."""
-        if self.root.exists() and not self.root.is_dir():
-            raise RunError(f"output folder {self.root} is a file, not a folder: choose another --output")
-        existing = self.root
-        while not existing.exists():
-            existing = existing.parent
-        if not existing.is_dir():
-            raise RunError(f"output folder {self.root} cannot be created: {existing} is a file")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise RunError(f"output folder {self.root} is not writable ({existing} is read-only for this user)")
+        reason = unwritable_reason(self.root)
+        if reason:
+            raise RunError(f"output folder {self.root} {reason}: choose another --output")
 
     # ------------------------------------------------------------- the lock
     def acquire_lock(self) -> None:

@@ -20,6 +20,13 @@ DAVIS_MINI = SHARED_DATA / "davis_mini"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts on one thread, whatever an earlier test (or a benchmark it ran) set."""
+    torch.set_num_threads(1)
+    yield
+
+
 def sample_videos() -> list[Path]:
     """The real clips shipped in dataset/sample (Kinetics tree layout)."""
     return sorted(SAMPLE_DIR.glob("*/*/*.mp4"))

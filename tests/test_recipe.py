@@ -19,14 +19,6 @@ from ml.train import build_model, make_train_loader, train, training_videos
 from tests.conftest import SAMPLE_DIR, log_rows
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- effective epochs
 def test_an_epoch_reads_one_part_of_the_videos_and_every_video_once_per_cycle() -> None:
     for parts, world in ((2, 1), (3, 1), (2, 2)):

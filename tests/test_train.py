@@ -40,15 +40,6 @@ from tests.conftest import SAMPLE_DIR, log_rows
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model's ops are too small to gain from two threads, and on shared cores two spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def quick_config(tmp_path, **overrides) -> TrainConfig:
     return get_preset("quick", data=str(SAMPLE_DIR), output_dir=str(tmp_path), device="cpu", **overrides)
 

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ml.checkpoint import atomic_file
+from ml.checkpoint import atomic_file, unwritable_reason
 
 
 class StoreError(RuntimeError):
@@ -103,15 +103,9 @@ class ResultStore:
 
 def check_output_folder(root: Path) -> None:
     """StoreError (one line) when `root` is a file or cannot be created or written."""
-    if root.exists() and not root.is_dir():
-        raise StoreError(f"--output {root} is a file, not a folder")
-    existing = root
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise StoreError(f"--output {root} cannot be created: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise StoreError(f"--output {root} is not writable ({existing} is read-only for this user)")
+    reason = unwritable_reason(root)
+    if reason:
+        raise StoreError(f"--output {root} {reason}")
 
 
 def write_json(path: Path, obj: Any) -> None:
