@@ -1,4 +1,4 @@
-"""Figures of the notebook: sampled pairs, reconstructions, loss curves, attention maps.
+"""Figures of the notebook: sampled pairs, reconstructions, loss curves, the f1 ablation, attention maps.
 
 Every function returns a matplotlib Figure (nothing is shown or written implicitly); `save_figure`
 writes one as a PNG. Frames come in as the model sees them (ImageNet-normalised (3, H, W) tensors)
