@@ -123,7 +123,7 @@ def prepared_copy(paths: list[Path], folder: Path) -> tuple[list[Path], int, int
     bytes after)."""
     import shutil
 
-    from dataset_loader.prepare import prepare
+    from dataset_loader.prepare import prepare, prepared_path
 
     source = folder / "source"
     for path in paths:  # the set as a folder (links), so prepare mirrors it
@@ -137,7 +137,7 @@ def prepared_copy(paths: list[Path], folder: Path) -> tuple[list[Path], int, int
     report = prepare(source, folder / "prepared", workers=1, progress=False)
     if report["unreadable"]:
         raise RuntimeError(f"could not prepare {report['unreadable']}")
-    prepared = [folder / "prepared" / Path(p.name).with_suffix(".frames") for p in paths]
+    prepared = [prepared_path(source / p.name, source, folder / "prepared") for p in paths]
     return prepared, report["bytes_before"], report["bytes_after"]
 
 
@@ -145,8 +145,7 @@ def format_candidates(paths: list[Path], folder: Path, short_side: int = 256) ->
     """The videos re-encoded at a short side of `short_side` in each candidate format for prepared data (cached):
     H.264 with a keyframe every 8 frames, H.264 intra-only, and `.frames` JPEG at quality 90 (the chosen one)
     and 75."""
-    from dataset_loader.frames_file import write_frames
-    from dataset_loader.prepare import _frames
+    from dataset_loader.prepare import prepare_one, resized_frames
     from dataset_loader.synthetic_videos import encode_video
 
     candidates: dict[str, list[Path]] = {}
@@ -158,17 +157,15 @@ def format_candidates(paths: list[Path], folder: Path, short_side: int = 256) ->
         candidates[name] = []
         for path in paths:
             out = folder / f"{path.stem}-{short_side}-{suffix}"
-            if not out.exists():
+            if not out.exists() and suffix.endswith(".frames"):  # what `prepare` writes, at this quality
+                status, reason = prepare_one(path, out, short_side, options["quality"])
+                if status != "done":
+                    raise RuntimeError(f"could not prepare {path}: {reason}")
+            elif not out.exists():
                 with VideoReader(path) as reader:
-                    fps = Fraction(reader.fps)
-                folder.mkdir(parents=True, exist_ok=True)
-                if suffix.endswith(".frames"):
-                    with open(out.with_suffix(".tmp"), "wb") as f:
-                        write_frames(f, _frames(path, short_side), fps, **options)
-                    out.with_suffix(".tmp").rename(out)
-                else:
-                    encode_video(out.with_suffix(".tmp.mp4"), _frames(path, short_side), fps=fps, **options)
-                    out.with_suffix(".tmp.mp4").rename(out)
+                    encode_video(out.with_suffix(".tmp.mp4"), resized_frames(reader, short_side),
+                                 fps=Fraction(reader.fps), **options)
+                out.with_suffix(".tmp.mp4").rename(out)
             candidates[name].append(out)
     return candidates
 
@@ -189,15 +186,17 @@ def compare_formats(paths: list[Path], folder: Path, img_size: int, items: int, 
 def psnr(originals: list[Path], copies: list[Path], short_side: int = 256) -> float:
     """PSNR (dB) of the copies' frames against the source's frames at the copies' size; first, middle, last frame
     of each video."""
-    from dataset_loader.prepare import _frames
+    from dataset_loader.prepare import resized_frames
 
     errors = []
     for original, copy in zip(originals, copies):
-        source = list(_frames(original, short_side))
         with open_video(copy) as reader:
             indices = sorted({0, reader.num_frames // 2, reader.num_frames - 1})
-            for i, frame in zip(indices, reader.read(indices)):
-                errors.append(np.mean((frame.astype(np.float64) - source[i]) ** 2))
+            copied = dict(zip(indices, reader.read(indices)))
+        with VideoReader(original) as reader:
+            for i, frame in enumerate(resized_frames(reader, short_side)):
+                if i in copied:
+                    errors.append(np.mean((copied[i].astype(np.float64) - frame) ** 2))
     return float(10 * np.log10(255.0 ** 2 / np.mean(errors)))
 
 
@@ -337,7 +336,7 @@ def stage_profile(originals: list[Path], prepared: list[Path], img_size: int, it
             totals["read"] += time.perf_counter() - start
             if kind == "original":
                 with av.open(str(path)) as container:
-                    decoded = [next(container.decode(video=0)) for _ in range(1)] * len(frames)
+                    decoded = [next(container.decode(video=0))] * len(frames)  # one frame, converted as often
                 start = time.perf_counter()
                 for frame in decoded:
                     frame.to_ndarray(format="rgb24")

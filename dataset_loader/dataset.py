@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -26,7 +25,7 @@ from torch.utils.data import Dataset
 from .frames_file import open_video
 from .random_temporal_subsample import RandomTemporalSubsample
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, PairedTransform, denormalize, normalize
-from .video import VIDEO_EXTENSIONS, VideoError, VideoReader, VideoTooShortError
+from .video import READ_ERRORS, VIDEO_EXTENSIONS, VideoError, VideoReader, VideoTooShortError
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "LAYOUTS_HELP", "BadVideoWarning", "KineticsFramePairs", "NoReadableVideoError",
@@ -263,7 +262,6 @@ class KineticsFramePairs(Dataset):
         if output not in ("float", "uint8"):
             raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
         found = find_videos(source, split)
-        self.source = str(source) if isinstance(source, (str, os.PathLike)) else f"a list of {len(source)} videos"
         if found.missing:
             warnings.warn(f"{len(found.missing)} of {len(found.missing) + len(found.paths)} videos listed in "
                           f"{found.layout} are not on disk (e.g. {found.missing[0]}); using the others",
@@ -334,7 +332,7 @@ class KineticsFramePairs(Dataset):
                 continue
             try:
                 return self._load_video(video, [self.seed, epoch, index, attempt])
-            except (VideoError, av.FFmpegError, OSError, ValueError) as err:  # anything a broken file can raise
+            except READ_ERRORS as err:
                 self._mark_bad(video, err)
         raise RuntimeError(f"no readable video found for item {index} after {self.max_attempts} tries "
                            f"({self.num_bad_files} of {len(self)} videos are unreadable)")
@@ -353,7 +351,7 @@ class KineticsFramePairs(Dataset):
                         raise VideoError(f"{reader.num_frames} frame(s), a pair needs 2")
                     reader.read([0])
                 return i
-            except (VideoError, av.FFmpegError, OSError, ValueError) as err:
+            except READ_ERRORS as err:
                 failures.append(f"{path.name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
         reasons = "; ".join(failures[:shown]) + ("; ..." if len(failures) > shown else "")
         raise NoReadableVideoError(f"none of the {len(failures)} videos of split {self.split!r} ({self.layout}) can "

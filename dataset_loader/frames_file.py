@@ -64,7 +64,7 @@ def write_frames(out, frames: Iterable[np.ndarray], fps: Fraction, quality: int 
 class FramesReader:
     """A `.frames` file, with `VideoReader`'s interface: `num_frames`, `fps`, `width`, `height`, `read(indices)`."""
 
-    def __init__(self, path: str | Path, threads: int = 1) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
             self.file = open(self.path, "rb")

@@ -30,13 +30,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .frames_file import FramesReader, write_frames
-from .video import FRAMES_SUFFIX, VIDEO_EXTENSIONS, VideoError, VideoReader
+from .video import FRAMES_SUFFIX, READ_ERRORS, VIDEO_EXTENSIONS, VideoError, VideoReader
 
 REPORT_NAME = "prepare_report.json"
 LOCK_NAME = ".prepare.lock"
@@ -68,16 +67,15 @@ def is_prepared(path: Path) -> bool:
         return False
 
 
-def _frames(video: Path, short_side: int) -> Iterator[np.ndarray]:
-    """The source's frames in order (uint8 RGB), resized so that the short side is at most `short_side`."""
-    with VideoReader(video) as reader:
-        for _, frame in reader.frames_in_order():
-            h, w = frame.shape[:2]
-            if short_side and min(h, w) > short_side:
-                scale = short_side / min(h, w)
-                size = (max(1, round(w * scale)), max(1, round(h * scale)))
-                frame = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR))
-            yield frame
+def resized_frames(reader: VideoReader, short_side: int) -> Iterator[np.ndarray]:
+    """The video's frames in order (uint8 RGB), resized so that the short side is at most `short_side` (0: kept)."""
+    for _, frame in reader.frames_in_order():
+        h, w = frame.shape[:2]
+        if short_side and min(h, w) > short_side:
+            scale = short_side / min(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            frame = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR))
+        yield frame
 
 
 def prepare_one(video: Path, target: Path, short_side: int, quality: int) -> tuple[str, str]:
@@ -85,15 +83,13 @@ def prepare_one(video: Path, target: Path, short_side: int, quality: int) -> tup
     from ml.checkpoint import atomic_file  # the project's one atomic-write helper
 
     try:
-        with VideoReader(video) as reader:
-            fps = Fraction(reader.fps)
-        with atomic_file(target) as out:
-            count = write_frames(out, _frames(video, short_side), fps, quality)
+        with VideoReader(video) as reader, atomic_file(target) as out:
+            count = write_frames(out, resized_frames(reader, short_side), Fraction(reader.fps), quality)
         if count < 2:
             target.unlink(missing_ok=True)
             return "unreadable", f"{count} frame(s) decode, a pair needs 2"
         return "done", ""
-    except (VideoError, av.FFmpegError, OSError, ValueError) as err:
+    except READ_ERRORS as err:
         return "unreadable", str(err).splitlines()[0] if str(err) else type(err).__name__
 
 

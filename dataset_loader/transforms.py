@@ -28,11 +28,6 @@ class CropParams:
     width: int
     flip: bool
 
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        """(left, upper, right, lower), as PIL wants it."""
-        return self.left, self.top, self.left + self.width, self.top + self.height
-
 
 _SCALE = 1.0 / (255.0 * torch.tensor(IMAGENET_STD))  # (x / 255 - mean) / std = x * scale + bias
 _BIAS = -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)

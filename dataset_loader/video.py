@@ -22,6 +22,7 @@ decode back to the start of the stream.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterator
 from fractions import Fraction
@@ -49,6 +50,10 @@ class VideoTooShortError(VideoError):
     def __init__(self, message: str, num_frames: int) -> None:
         super().__init__(message)
         self.num_frames = num_frames  # frames actually decodable
+
+
+# what reading a broken file can raise (corrupt, truncated, empty, unreadable, too short, a bad JPEG)
+READ_ERRORS = (VideoError, av.FFmpegError, OSError, ValueError)
 
 
 class _DecodeFromStartError(Exception):
@@ -166,55 +171,46 @@ class VideoReader:
         whatever the header says; one decode pass, a few frames held at a time."""
         try:
             if self.by_order:
-                self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
-                count = 0
-                for packet in self.container.demux(self.stream):
-                    for frame in packet.decode():
-                        yield count, frame.to_ndarray(format="rgb24")
-                        count += 1
+                for count, frame in enumerate(self._from_start()):
+                    yield count, frame.to_ndarray(format="rgb24")
                 return
-            self.container.seek(self.start_pts, stream=self.stream, backward=True, any_frame=False)
             pending: dict[int, av.VideoFrame] = {}  # shown frames not yet handed out, by index
             following = 0  # the next index to hand out
-            for packet in self.container.demux(self.stream):
-                for frame in packet.decode():
+            for frame in itertools.chain(self._from_start(), [None]):  # None: the end, hand out what is held
+                if frame is not None:
                     if frame.pts is None or (index := self.index_of(frame.pts)) < following:
                         continue  # no time, pre-roll, or a late duplicate of a frame handed out
                     pending.setdefault(index, frame)
-                    while pending and max(pending) >= following + REORDER_WINDOW:
-                        shown = min(pending)  # `following` itself, or the next frame shown after it
-                        yield following, pending[shown].to_ndarray(format="rgb24")
-                        if shown == following:
-                            del pending[shown]
-                        following += 1
-            while pending:  # the end of the stream: the frames still held
-                shown = min(pending)
-                yield following, pending[shown].to_ndarray(format="rgb24")
-                if shown == following:
-                    del pending[shown]
-                following += 1
+                while pending and (frame is None or max(pending) >= following + REORDER_WINDOW):
+                    shown = min(pending)  # `following` itself, or the next frame shown after it
+                    yield following, pending[shown].to_ndarray(format="rgb24")
+                    if shown == following:
+                        del pending[shown]
+                    following += 1
         except av.FFmpegError as err:
             raise VideoError(f"cannot decode {self.path}: {err}") from err
-        finally:
-            self._at_start = False
+
+    def _from_start(self) -> Iterator[av.VideoFrame]:
+        """Every decoded frame from the start of the stream, in the decoder's output (presentation) order."""
+        if not self._at_start:
+            start = 0 if self.by_order else self.start_pts
+            self.container.seek(start, stream=self.stream, backward=True, any_frame=False)
+        self._at_start = False
+        for packet in self.container.demux(self.stream):
+            yield from packet.decode()
 
     def _decode_in_order(self, wanted: list[int]) -> dict[int, np.ndarray]:
         """The wanted frames, counted in the decoder's output (presentation) order from the start of the stream."""
-        if not self._at_start:
-            self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
-        self._at_start = False
         frames: dict[int, np.ndarray] = {}
         todo, last = set(wanted), wanted[-1]
-        count = 0
-        for packet in self.container.demux(self.stream):
-            for frame in packet.decode():
-                if count in todo:
-                    frames[count] = frame.to_ndarray(format="rgb24")
-                    todo.discard(count)
-                count += 1
-                if count > last:
-                    return frames
-        raise VideoTooShortError(f"{self.path} ends at frame {count - 1}, before frame {min(todo)}", num_frames=count)
+        index = -1
+        for index, frame in enumerate(self._from_start()):
+            if index in todo:
+                frames[index] = frame.to_ndarray(format="rgb24")
+                todo.discard(index)
+            if index >= last:
+                return frames
+        raise VideoTooShortError(f"{self.path} ends at frame {index}, before frame {min(todo)}", num_frames=index + 1)
 
     def _keyframe_indices(self) -> list[int]:
         """Lower bounds of the keyframes' indices, from the demuxer's index (empty where there is none).

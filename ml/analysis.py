@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ml.engine import fixed_masks
 
 F1_CONDITIONS = ("the true past frame", "a frame of another video", "a grey frame", "f2 itself")
 MASK_SEED = 0  # the masks every measurement here uses
@@ -87,19 +88,13 @@ def masked_patch_loss(model: torch.nn.Module, f1: torch.Tensor, f2: torch.Tensor
     """The model's loss on f2's masked patches, over all pairs, with the masks of `mask_seed` (the same masks for
     the same number of pairs, whatever f1 is)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(mask_seed)
-            for start in range(0, len(f2), batch_size):
-                a, b = f1[start:start + batch_size].to(device), f2[start:start + batch_size].to(device)
-                loss, _, _ = model(a, b)
-                total += float(loss) * len(b)  # every pair has as many masked patches: the mean of means
-                count += len(b)
-    finally:
-        model.train(was_training)
+    with fixed_masks(model, mask_seed):
+        for start in range(0, len(f2), batch_size):
+            a, b = f1[start:start + batch_size].to(device), f2[start:start + batch_size].to(device)
+            loss, _, _ = model(a, b)
+            total += float(loss) * len(b)  # every pair has as many masked patches: the mean of means
+            count += len(b)
     return total / count
 
 
@@ -155,16 +150,9 @@ def cross_attention(model: torch.nn.Module, f1: torch.Tensor, f2: torch.Tensor, 
     if getattr(model, "f1_mask_ratio", 0) > 0:
         raise ValueError("cross-attention maps need a model that sees f1 whole (f1_mask_ratio 0)")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with kept_cross_attention(model, block) as layer, \
-                torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(mask_seed)
-            loss, _, mask = model(f1[None].to(device), f2[None].to(device))
-            weights = layer.attention[0, :, 1:, 1:].float().cpu()  # (heads, L, L): f2's patches over f1's
-    finally:
-        model.train(was_training)
+    with kept_cross_attention(model, block) as layer, fixed_masks(model, mask_seed):
+        loss, _, mask = model(f1[None].to(device), f2[None].to(device))
+        weights = layer.attention[0, :, 1:, 1:].float().cpu()  # (heads, L, L): f2's patches over f1's
     p = model.patch_size
     grid = (f2.shape[-2] // p, f2.shape[-1] // p)
     return {"attention": weights / weights.sum(-1, keepdim=True), "mask": mask[0].cpu(), "grid": grid,

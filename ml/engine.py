@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -67,6 +67,22 @@ def to_model_input(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A batch on `device` as the model takes it: 8-bit batches (the loader's `uint8` output) are normalised there."""
     frames = frames.to(device, non_blocking=True)
     return normalize(frames) if frames.dtype == torch.uint8 else frames
+
+
+@contextmanager
+def fixed_masks(module: nn.Module, seed: int) -> Iterator[None]:
+    """Within the block `module` is in eval mode and draws the masks of `seed`, in a fork of the random state:
+    afterwards the global RNG (CPU and the module's GPU) and the module's mode are as before."""
+    device = next(module.parameters()).device
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        module.train(was_training)
 
 
 def show_progress(progress: bool | None) -> bool:
@@ -185,23 +201,16 @@ def evaluate_loss(
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     module = unwrap_model(model)
-    was_training = module.training
-    module.eval()
     rank, world = get_rank(), get_world_size()
-    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
     total, count = 0.0, 0.0
     # the whole pass in a fork of the RNG: training draws the same numbers with or without a test loss
-    with torch.random.fork_rng(devices=cuda_devices):
-        try:
-            for b, (f1, f2) in enumerate(data_loader):
-                torch.manual_seed(mask_seed + b * world + rank)
-                with autocast(precision, device):
-                    loss, _, _ = module(to_model_input(f1, device), to_model_input(f2, device), mask_ratio=mask_ratio)
-                total += loss.item() * f1.shape[0]
-                count += f1.shape[0]
-        finally:
-            module.train(was_training)
+    with fixed_masks(module, mask_seed):
+        for b, (f1, f2) in enumerate(data_loader):
+            torch.manual_seed(mask_seed + b * world + rank)
+            with autocast(precision, device):
+                loss, _, _ = module(to_model_input(f1, device), to_model_input(f2, device), mask_ratio=mask_ratio)
+            total += loss.item() * f1.shape[0]
+            count += f1.shape[0]
     total, count = all_reduce_sum([total, count], device)
     if count == 0:
         raise ValueError("the held-out loader yielded no batch")

