@@ -6,6 +6,17 @@ from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = REPO / "BENCHMARKS.md"
+
+
+def relative(path: Path) -> str:
+    """`path` relative to the repository when inside it (how commands and files are shown), else as given."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
 
 def save_json(path: Path | None, data: object) -> None:
     """Write a benchmark's raw results as JSON (the `--json` option of each benchmark); nothing when None."""

@@ -26,12 +26,8 @@ pytorchvideo is installed for the benchmark only, into its own folder (never the
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import random
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -41,67 +37,22 @@ import av
 import numpy as np
 import torch
 
-from bench import save_json
+from bench import REPO, save_json
+from bench.clips import SAMPLE_DIR, make_bench_clips
+from bench.pytorchvideo_baseline import PYTORCHVIDEO_DIR, install_pytorchvideo, make_pytorchvideo
 from dataset_loader.dataset import KineticsFramePairs
 from dataset_loader.frames_file import open_video
 from dataset_loader.loader import make_pair_loader, set_loader_epoch
+from dataset_loader.prepare import prepare, prepare_one, prepared_path, resized_frames
 from dataset_loader.random_temporal_subsample import RandomTemporalSubsample
+from dataset_loader.synthetic_videos import encode_video
 from dataset_loader.transforms import PairedTransform, normalize
 from dataset_loader.video import VideoReader
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DIR = REPO / "dataset" / "sample"
-PYTORCHVIDEO_DIR = REPO / "outputs" / "bench-pytorchvideo"
-PYTORCHVIDEO_REQUIREMENTS = REPO / "bench" / "requirements-pytorchvideo.txt"
-CLIP_SOURCES = ["train/street/bikes.mp4", "train/moving_object/box.mp4", "train/bird/cockatoo.mp4",
-                "val/moving_object/coin_and_pen.mp4"]
+CLIP_DIR = REPO / "outputs" / "bench-data-clips"
 TARGET_VS_PYTORCHVIDEO = 2.0  # ours at least this many times pytorchvideo's pairs/s
 TARGET_VS_BOUND = 1.5  # ours at most this many times slower than the bare decode
 TARGET_PREPARED = 4.0  # prepared videos at least this many times the original files' pairs/s (R = 2)
-
-
-# ---------------------------------------------------------------- test clips
-
-
-def _source_frames(path: Path, num_frames: int, width: int, height: int) -> list[np.ndarray]:
-    """`num_frames` real frames of `path`, centre-cropped to width x height (played back and forth if short)."""
-    frames = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == num_frames:
-                break
-    h, w = frames[0].shape[:2]
-    scale = max(width / w, height / h)
-    if scale > 1:
-        from PIL import Image
-
-        size = (int(np.ceil(w * scale)), int(np.ceil(h * scale)))
-        frames = [np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BILINEAR)) for f in frames]
-        h, w = frames[0].shape[:2]
-    top, left = (h - height) // 2, (w - width) // 2
-    frames = [f[top:top + height, left:left + width] for f in frames]
-    loop = frames + frames[-2:0:-1]
-    return [loop[i % len(loop)] for i in range(num_frames)]
-
-
-def make_bench_clips(
-    out_dir: Path, keyframe_seconds: float, seconds: float = 10.0, fps: int = 30, width: int = 340,
-    height: int = 256, count: int = 4,
-) -> list[Path]:
-    """H.264 clips of real footage (x264 defaults: crf 23, preset medium, B-frames) with a fixed keyframe interval."""
-    from dataset_loader.synthetic_videos import encode_video
-
-    paths = []
-    for source in CLIP_SOURCES[:count]:
-        name = f"{Path(source).stem}_{seconds:g}s_{fps}fps_{width}x{height}_key{keyframe_seconds:g}s.mp4"
-        path = out_dir / name
-        if not path.is_file():
-            frames = _source_frames(SAMPLE_DIR / source, int(round(seconds * fps)), width, height)
-            encode_video(path, frames, fps=fps, keyframe_interval=int(round(keyframe_seconds * fps)), crf=23,
-                         preset="medium")
-        paths.append(path)
-    return paths
 
 
 # ---------------------------------------------------------------- the three loaders
@@ -123,7 +74,6 @@ def prepared_copy(paths: list[Path], folder: Path) -> tuple[list[Path], int, int
     bytes after)."""
     import shutil
 
-    from dataset_loader.prepare import prepare, prepared_path
 
     source = folder / "source"
     for path in paths:  # the set as a folder (links), so prepare mirrors it
@@ -145,8 +95,6 @@ def format_candidates(paths: list[Path], folder: Path, short_side: int = 256) ->
     """The videos re-encoded at a short side of `short_side` in each candidate format for prepared data (cached):
     H.264 with a keyframe every 8 frames, H.264 intra-only, and `.frames` JPEG at quality 90 (the chosen one)
     and 75."""
-    from dataset_loader.prepare import prepare_one, resized_frames
-    from dataset_loader.synthetic_videos import encode_video
 
     candidates: dict[str, list[Path]] = {}
     specs = {"H.264, keyframe every 8 frames": ("h264-k8.mp4", dict(keyframe_interval=8)),
@@ -186,7 +134,6 @@ def compare_formats(paths: list[Path], folder: Path, img_size: int, items: int, 
 def psnr(originals: list[Path], copies: list[Path], short_side: int = 256) -> float:
     """PSNR (dB) of the copies' frames against the source's frames at the copies' size; first, middle, last frame
     of each video."""
-    from dataset_loader.prepare import resized_frames
 
     errors = []
     for original, copy in zip(originals, copies):
@@ -227,63 +174,6 @@ def make_decode_bound(paths: list[Path], repeated_sampling: int) -> Callable[[in
                 if video.index_of(frame.pts) >= last:
                     break
         return repeated_sampling
-
-    return load
-
-
-def import_pytorchvideo(folder: Path):
-    """pytorchvideo from its own folder, with the torchvision alias it needs (functional_tensor)."""
-    if not (folder / "pytorchvideo").is_dir():
-        raise ModuleNotFoundError(f"pytorchvideo is not installed in {folder}; run: python -m bench.bench_data "
-                                  f"--install-pytorchvideo (or pip install --no-deps --target {folder} "
-                                  f"-r {PYTORCHVIDEO_REQUIREMENTS.relative_to(REPO)})")
-    import torchvision.transforms._functional_tensor as functional_tensor
-
-    sys.modules.setdefault("torchvision.transforms.functional_tensor", functional_tensor)
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-    import pytorchvideo.data
-
-    return pytorchvideo.data
-
-
-def make_pytorchvideo(paths: list[Path], img_size: int, folder: Path, list_dir: Path) -> Callable[[int, int], int]:
-    """pytorchvideo's Kinetics over a 'path label' list; a clip spanning a random gap gives the pair."""
-    ptv = import_pytorchvideo(folder)
-    gaps = RandomTemporalSubsample()
-
-    class RandomGapClipSampler(ptv.clip_sampling.RandomClipSampler):
-        """A random clip whose length is a random gap of [4, 48] frames at 30 fps (one more frame, to include it)."""
-
-        def __call__(self, last_clip_time, video_duration, annotation):
-            self._clip_duration = Fraction(random.randint(gaps.min_gap, gaps.max_gap) + 1, 30)
-            return super().__call__(last_clip_time, video_duration, annotation)
-
-    transform = PairedTransform(img_size)
-    rng = np.random.default_rng(0)
-
-    def to_pair(sample: dict) -> dict:
-        video = sample["video"]  # (3, T, H, W) float in [0, 255]
-        frames = [video[:, t].permute(1, 2, 0).to(torch.uint8).numpy() for t in (0, -1)]
-        sample["pair"] = transform(frames, rng)
-        return sample
-
-    list_dir.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha1("\n".join(map(str, paths)).encode()).hexdigest()[:12]
-    list_file = list_dir / f"pytorchvideo_list_{digest}.txt"
-    list_file.write_text("".join(f"{p} 0\n" for p in paths))
-    dataset = ptv.Kinetics(str(list_file), clip_sampler=RandomGapClipSampler(Fraction(1)),
-                           video_sampler=torch.utils.data.RandomSampler, decode_audio=False, transform=to_pair)
-    stream = iter(dataset)
-
-    def load(item: int, epoch: int) -> int:
-        nonlocal stream
-        try:
-            next(stream)
-        except StopIteration:  # one pass over the videos ends the iterator: start another
-            stream = iter(dataset)
-            next(stream)
-        return 1
 
     return load
 
@@ -422,7 +312,7 @@ def run_benchmark(
     runs: int = 5,
     warmup: int = 1,
     clip_seconds: float = 10.0,
-    clip_dir: Path = REPO / "outputs" / "bench-data-clips",
+    clip_dir: Path = CLIP_DIR,
     img_size: int = 224,
     pytorchvideo_dir: Path | None = PYTORCHVIDEO_DIR,
     sets: tuple[str, ...] = ("sample", "key1s", "key8s"),
@@ -495,19 +385,13 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def install_pytorchvideo(folder: Path) -> None:
-    """pip install --no-deps --target folder: pytorchvideo and its few pure-Python needs, never torch."""
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(folder),
-                    "-r", str(PYTORCHVIDEO_REQUIREMENTS)], check=True)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=40, help="items (videos) loaded per timed run")
     parser.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--clip-dir", type=Path, default=REPO / "outputs" / "bench-data-clips",
+    parser.add_argument("--clip-dir", type=Path, default=CLIP_DIR,
                         help="where the generated clips are cached")
     parser.add_argument("--pytorchvideo-dir", type=Path, default=PYTORCHVIDEO_DIR,
                         help="folder holding pytorchvideo 0.1.5 (pip --target)")

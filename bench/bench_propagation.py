@@ -32,14 +32,14 @@ import numpy as np
 import torch
 
 import mae  # noqa: F401  (first: makes torchvision importable for timm on a CPU-only torch)
-from bench import sync_device
-from ml.config import TrainConfig
+from bench import REPO, sync_device
 from ml.eval.data import read_label_png, write_synthetic_davis
 from ml.eval.features import FeatureExtractor, labels_from_grid, labels_to_grid, load_frame
 from ml.eval.propagation import DEFAULT_MAX_AFFINITY_ELEMENTS, LabelPropagator
 from ml.eval.protocols import PROTOCOLS, get_protocol
+from ml.model import create_model
+from ml.training.config import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
 DAVIS_MINI = Path(os.environ.get("SIAMMAE_SHARED_DATA", REPO.parent / "shared" / "data")) / "davis_mini"
 DAVIS_2017_VAL_FRAMES = 1999  # 30 sequences
 
@@ -75,7 +75,6 @@ def benchmark_sequence(
     """
     from PIL import Image
 
-    from ml.SiamMAE import create_model
 
     if threads:
         torch.set_num_threads(threads)

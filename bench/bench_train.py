@@ -40,8 +40,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import save_json, sync_device
-from ml.config import TrainConfig
-from ml.SiamMAE import SiamMAE, create_model
+from ml.model import SiamMAE, create_model, decoder_dims
+from ml.training.config import TrainConfig
 
 DEFAULT_PRESETS = ("siammae_tiny", "siammae_vit_small_patch16", "siammae_vit_base_patch16")
 # the decoder variants of ViT-S/16 (`preset+field=value`): CropMAE's smaller decoder and the paper's ablation types
@@ -207,7 +207,6 @@ def median_ratio(a: list[float], b: list[float]) -> float:
 
 def model_of(spec: str) -> SiamMAE:
     """A model from `preset` or `preset+field=value+...` (fields: decoder_size, decoder_type, f1_mask_ratio)."""
-    from ml.SiamMAE import decoder_dims
 
     arch, *changes = spec.split("+")
     kwargs: dict = {}

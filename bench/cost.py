@@ -24,11 +24,11 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import read_section_results, save_json
+from bench import BENCHMARKS_MD, read_section_results, save_json
 from dataset_loader.dataset import KINETICS400_TRAIN_VIDEOS
-from ml.config import TrainConfig, get_preset
+from ml.training.config import TrainConfig
+from ml.training.presets import get_preset
 
-REPO = Path(__file__).resolve().parents[1]
 H100_BF16_DENSE_PEAK = 989e12  # FLOP/s: H100 SXM, bf16 tensor cores, dense (no sparsity), from NVIDIA's data sheet
 MFU_ASSUMPTIONS = (0.30, 0.40)  # model-FLOP utilisation a well-tuned ViT training run reaches: an assumption
 GPU_COUNTS = (1, 8)
@@ -39,7 +39,7 @@ LOADER_VARIANTS = {"original files": "ours (R=2, 8-bit)", "prepared": "prepared 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A training preset of ml.config run over `videos` training videos (the step count training would take)."""
+    """A preset of ml.training.presets run over `videos` training videos (the step count training would take)."""
 
     name: str
     preset: str
@@ -199,7 +199,7 @@ def cost_inputs(train_results: list[dict], data_results: list[dict], preset: str
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md",
+    parser.add_argument("--benchmarks", type=Path, default=BENCHMARKS_MD,
                         help="read the train and data figures embedded in this file")
     parser.add_argument("--train", type=Path, help="bench_train results (JSON) instead")
     parser.add_argument("--data", type=Path, help="bench_data results (JSON) instead")

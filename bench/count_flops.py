@@ -15,20 +15,20 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ml.config import TrainConfig
-from ml.SiamMAE import DECODER_SIZES, DECODER_TYPES, SIAMMAE_PRESETS, SiamMAE, create_model, decoder_dims
+from ml.model import DECODER_SIZES, DECODER_TYPES, SIAMMAE_PRESETS, SiamMAE, create_model, decoder_dims
+from ml.training.config import TrainConfig
 
 
 def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def forward_flops(model: SiamMAE, img_size: int, mask_ratio: float) -> dict[str, int]:
-    """FLOPs of one forward pass on one frame pair: total, encoder (both frames) and decoder."""
+def forward_flops(model: SiamMAE, img_size: int) -> dict[str, int]:
+    """FLOPs of one forward pass on one pair at the model's mask ratio: total, encoder (both frames), decoder."""
     f1 = torch.zeros(1, model.in_chans, img_size, img_size, device="meta")
     f2 = torch.zeros_like(f1)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(f1, f2, mask_ratio=mask_ratio)
+        model(f1, f2)
     total = counter.get_total_flops()
     decoder = sum(counter.get_flop_counts()["SiamMAE.decoder"].values())  # its projection and head included
     return {"total": total, "encoder": total - decoder, "decoder": decoder}  # the loss has no matmul
@@ -36,8 +36,8 @@ def forward_flops(model: SiamMAE, img_size: int, mask_ratio: float) -> dict[str,
 
 def preset_row(arch: str, img_size: int, mask_ratio: float, **overrides) -> dict:
     with torch.device("meta"):
-        model = create_model(arch, **{"img_size": img_size, **overrides})  # position tables for this size
-    flops = forward_flops(model, img_size, mask_ratio)
+        model = create_model(arch, **{"img_size": img_size, "mask_ratio": mask_ratio, **overrides})
+    flops = forward_flops(model, img_size)
     return {
         "arch": arch, "img_size": img_size, "patches": (img_size // model.patch_size) ** 2,
         "encoder": count_params(model.encoder), "decoder": count_params(model.decoder),

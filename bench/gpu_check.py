@@ -3,7 +3,7 @@
     python -m bench.gpu_check                  # on a CUDA machine: under 5 minutes
     python -m bench.gpu_check --steps 50 --json bench/results/gpu_check.json
 
-Each variant runs the real training step of `ml.engine.train_one_epoch` (bf16 autocast, fused AdamW,
+Each variant runs the real training step of `ml.training.engine.train_one_epoch` (bf16 autocast, fused AdamW,
 TF32 allowed, the preset's mask ratio) on random frame pairs already on the GPU, so the data
 loader is not measured: `warmup` steps (the compile happens there), then `steps` timed ones. MFU is
 the model's counted FLOPs per step (forward + backward, as `bench.bench_train` counts them) over the
@@ -26,7 +26,13 @@ import torch
 
 import mae  # noqa: F401  (first: makes torchvision importable for timm on a CPU-only torch)
 from bench import save_json
-from ml.config import get_preset
+from bench.bench_train import step_flops
+from ml.training.build import build_model
+from ml.training.distributed import cleanup_distributed, init_distributed
+from ml.training.engine import train_one_epoch
+from ml.training.optim import make_optimizer
+from ml.training.presets import get_preset
+from ml.training.pretrain import compiled as compile_step
 
 PRESET = "paper_vit_s16_400"
 # dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s)
@@ -55,8 +61,6 @@ def gpu_peak(device: torch.device) -> tuple[float, str]:
 
 def step_flops_per_pair(config) -> float:
     """Forward + backward FLOPs of one pair, counted on the meta device as bench_train counts them."""
-    from bench.bench_train import step_flops
-    from ml.train import build_model
 
     with torch.device("meta"):
         model = build_model(config.replace(pretrained=None))
@@ -66,10 +70,6 @@ def step_flops_per_pair(config) -> float:
 
 def time_steps(config, batch: int, device: torch.device, compiled: bool, warmup: int, steps: int) -> dict:
     """Median seconds per training step of the preset at `batch` pairs, bf16, eager or compiled."""
-    from ml.engine import train_one_epoch
-    from ml.optim import make_optimizer
-    from ml.train import build_model
-    from ml.train import compiled as compile_step
 
     torch.manual_seed(0)
     model = build_model(config.replace(pretrained=None)).to(device)
@@ -80,8 +80,7 @@ def time_steps(config, batch: int, device: torch.device, compiled: bool, warmup:
     torch.cuda.reset_peak_memory_stats(device)
 
     def run(n: int) -> None:
-        train_one_epoch([(f1, f2)] * n, optimizer, None, device, stepped, precision="bf16",
-                        mask_ratio=config.mask_ratio, progress=False)
+        train_one_epoch([(f1, f2)] * n, optimizer, None, device, stepped, precision="bf16", progress=False)
 
     start = time.perf_counter()
     run(warmup)
@@ -103,10 +102,6 @@ def _ddp_worker(rank: int, port: int, batch: int, steps: int, queue) -> None:
                       MASTER_PORT=str(port))
     from torch.nn.parallel import DistributedDataParallel
 
-    from ml.distributed import cleanup_distributed, init_distributed
-    from ml.engine import train_one_epoch
-    from ml.optim import make_optimizer
-    from ml.train import build_model
 
     ctx = init_distributed("cuda")
     config = get_preset(PRESET)

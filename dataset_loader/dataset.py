@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .frames_file import open_video
-from .random_temporal_subsample import RandomTemporalSubsample
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, PairedTransform, denormalize, normalize
+from .random_temporal_subsample import MAX_GAP, MIN_GAP, REFERENCE_FPS, RandomTemporalSubsample
+from .transforms import CROP_SCALE, IMAGENET_MEAN, IMAGENET_STD, PairedTransform, denormalize, normalize
 from .video import READ_ERRORS, VIDEO_EXTENSIONS, VideoError, VideoReader, VideoTooShortError
 
 __all__ = [
@@ -245,12 +245,12 @@ class KineticsFramePairs(Dataset):
         source: str | os.PathLike | Sequence[str | os.PathLike],
         split: str = "train",
         img_size: int = 224,
-        scale: tuple[float, float] = (0.5, 1.0),
+        scale: tuple[float, float] = CROP_SCALE,
         augment: bool = True,
         repeated_sampling: int = 1,
-        min_gap: int = 4,
-        max_gap: int = 48,
-        reference_fps: float = 30.0,
+        min_gap: int = MIN_GAP,
+        max_gap: int = MAX_GAP,
+        reference_fps: float = REFERENCE_FPS,
         fixed_pairs: bool = False,
         seed: int = 0,
         ratio: tuple[float, float] = (3 / 4, 4 / 3),

@@ -34,6 +34,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ml.files import atomic_file, remove_temp_files
+
 from .frames_file import FramesReader, write_frames
 from .video import FRAMES_SUFFIX, READ_ERRORS, VIDEO_EXTENSIONS, VideoError, VideoReader
 
@@ -80,7 +82,6 @@ def resized_frames(reader: VideoReader, short_side: int) -> Iterator[np.ndarray]
 
 def prepare_one(video: Path, target: Path, short_side: int, quality: int) -> tuple[str, str]:
     """Write `target` from `video`; ("done", "") or ("unreadable", reason)."""
-    from ml.checkpoint import atomic_file  # the project's one atomic-write helper
 
     try:
         with VideoReader(video) as reader, atomic_file(target) as out:
@@ -163,7 +164,6 @@ def prepare(src: str | os.PathLike, dst: str | os.PathLike, short_side: int = 25
 
 def _prepare_locked(src: Path, dst: Path, videos: list[Path], short_side: int, quality: int, workers: int | None,
                     progress: bool) -> dict:
-    from ml.checkpoint import remove_temp_files
 
     settings = {"short_side": short_side, "quality": quality}
     settings_file = dst / SETTINGS_NAME

@@ -1,7 +1,8 @@
 """Which two frames of a video make a training pair.
 
-The gap is drawn uniformly in [min_gap, max_gap] frames at `reference_fps` (the paper: [4, 48] at
-30 fps), i.e. by time: a 25 fps video gets gaps of 4 to 40 frames (0.16-1.6 s). Then the first frame
+The gap is drawn uniformly in [min_gap, max_gap] frames at `reference_fps` (defaults: the paper's,
+MIN_GAP to MAX_GAP at REFERENCE_FPS), i.e. by time: a video at 5/6 of the reference rate gets gaps
+5/6 as long in frames (the same 0.13-1.6 s). Then the first frame
 is drawn uniformly among those that leave room for the gap. A video too short for the smallest gap
 gets the largest gap it holds; one with fewer than two frames cannot give a pair.
 """
@@ -12,12 +13,15 @@ import math
 
 import numpy as np
 
+# the paper's frame gap between f1 and f2: 4 to 48 frames at 30 fps (every other default reads these)
+MIN_GAP, MAX_GAP, REFERENCE_FPS = 4, 48, 30.0
 
 class RandomTemporalSubsample:
     """Draws `repeated_sampling` independent (first, second) frame-index pairs from one video."""
 
     def __init__(
-        self, min_gap: int = 4, max_gap: int = 48, reference_fps: float = 30.0, repeated_sampling: int = 1
+        self, min_gap: int = MIN_GAP, max_gap: int = MAX_GAP, reference_fps: float = REFERENCE_FPS,
+        repeated_sampling: int = 1
     ) -> None:
         if not 1 <= min_gap <= max_gap:
             raise ValueError(f"need 1 <= min_gap <= max_gap, got min_gap={min_gap}, max_gap={max_gap}")

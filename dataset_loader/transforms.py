@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_SCALE = (0.5, 1.0)  # the paper's random resized crop: half to all of the frame's area
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class PairedTransform:
     def __init__(
         self,
         img_size: int = 224,
-        scale: tuple[float, float] = (0.5, 1.0),
+        scale: tuple[float, float] = CROP_SCALE,
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip_prob: float = 0.5,
         augment: bool = True,

@@ -198,6 +198,9 @@ class MAEEncoder(nn.Module):
         return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
+MAE_DECODER_DIMS = (512, 8, 16)  # the official MAE decoder: width, depth, heads
+
+
 class MaskedAutoencoderViT(MAEEncoder):
     """MAE: the ViT encoder on the visible patches, a light ViT decoder that predicts the masked ones."""
 
@@ -209,9 +212,9 @@ class MaskedAutoencoderViT(MAEEncoder):
         embed_dim: int = 1024,
         depth: int = 24,
         num_heads: int = 16,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
+        decoder_embed_dim: int = MAE_DECODER_DIMS[0],
+        decoder_depth: int = MAE_DECODER_DIMS[1],
+        decoder_num_heads: int = MAE_DECODER_DIMS[2],
         mlp_ratio: float = 4.0,
         norm_layer: type[nn.Module] = nn.LayerNorm,
         norm_pix_loss: bool = False,
@@ -287,9 +290,8 @@ LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)  # MAE's and timm ViT's norm
 
 
 def _mae_vit(patch_size: int, embed_dim: int, depth: int, num_heads: int, **kwargs) -> MaskedAutoencoderViT:
-    """An MAE ViT with the official decoder (512 wide, 8 deep, 16 heads) unless `kwargs` say otherwise."""
-    kwargs = {"decoder_embed_dim": 512, "decoder_depth": 8, "decoder_num_heads": 16, "mlp_ratio": 4.0,
-              "norm_layer": LayerNorm6, **kwargs}
+    """An MAE ViT with the official decoder (MAE_DECODER_DIMS) unless `kwargs` say otherwise."""
+    kwargs = {"mlp_ratio": 4.0, "norm_layer": LayerNorm6, **kwargs}
     return MaskedAutoencoderViT(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads, **kwargs)
 
 

@@ -7,7 +7,7 @@
     model = prepare_model("checkpoints/run", arch=None)
     path = download_pretrained_model("mae_pretrain_vit_base", "checkpoints/mae")
 
-New code calls `ml.train.train(config)` directly; the notebook calls `ml.notebook`.
+New code calls `ml.training.train(config)` directly; the notebook calls `ml.notebook.cells`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ import torch
 import torch.nn as nn
 
 from mae.pretrained import download_pretrained_model  # noqa: F401
-from ml.config import TrainConfig
-from ml.engine import train_one_epoch  # noqa: F401
-from ml.plots import plot_results_from_checkpoint, plot_sample  # noqa: F401
-from ml.SiamMAE import CrossDecoder, SiamMAE, prepare_model, preset_of  # noqa: F401
+from ml.model import CrossDecoder, SiamMAE, preset_of  # noqa: F401
+from ml.notebook.plots import plot_results_from_checkpoint, plot_sample  # noqa: F401
+from ml.training.checkpoint import prepare_model  # noqa: F401
+from ml.training.config import TrainConfig
+from ml.training.engine import train_one_epoch  # noqa: F401
+from ml.training.pretrain import train as train_run
 
 
 def train(
@@ -46,8 +48,6 @@ def train(
     back to the CPU, with a warning, when there is none. `kwargs` go to `ml.train.train` (resume,
     stop_after_epoch, progress, test_loader).
     """
-    from ml.train import train as train_run
-
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         warnings.warn("no CUDA GPU here: training on the CPU", stacklevel=2)
@@ -58,13 +58,14 @@ def train(
     if output_dir is not None:
         changes["output_dir"] = str(output_dir)
     if config is None:
-        config = config_of(model, data_loader, epochs)
+        config = seed_recipe(model, data_loader, epochs)
         kwargs.setdefault("test_loader", None)
     return train_run(config.replace(**changes), model=model, train_loader=data_loader, **kwargs)
 
 
-def config_of(model: nn.Module, data_loader: Any, epochs: int) -> TrainConfig:
-    """The paper's recipe for a model and loader made by hand: their preset, size, mask ratio and batch."""
+def seed_recipe(model: nn.Module, data_loader: Any, epochs: int) -> TrainConfig:
+    """The seed's `train` gets a model and a loader made by hand and no recipe: this describes them as one (the
+    paper's optimiser, their preset, size, mask ratio and batch), so that the run folder records what ran."""
     arch, overrides = preset_of(model.model_args)
     dataset = data_loader.dataset
     repeated = int(getattr(dataset, "repeated_sampling", 1))

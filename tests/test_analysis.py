@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from ml.analysis import (  # noqa: E402
+from ml.model import create_model  # noqa: E402
+from ml.notebook.analysis import (
     F1_CONDITIONS,
     FixedPairs,
     attention_locality,
@@ -24,8 +25,7 @@ from ml.analysis import (  # noqa: E402
     other_video_frames,
     textured_masked_patches,
 )
-from ml.plots import plot_cross_attention, plot_f1_ablation  # noqa: E402
-from ml.SiamMAE import create_model  # noqa: E402
+from ml.notebook.plots import plot_cross_attention, plot_f1_ablation  # noqa: E402
 from tests.conftest import SAMPLE_DIR  # noqa: E402
 
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import bench_propagation, bench_train, run_all
+from bench import bench_propagation, bench_train, read_section_results, report, run_all
 from bench.cost import PAPER_RECIPES, cost_inputs, estimate_cost
 from bench.count_flops import forward_flops
-from ml.SiamMAE import create_model
+from ml.model import create_model
 
 
 def test_attention_flops_are_counted_on_cpu():
@@ -54,7 +54,7 @@ def test_train_benchmark_rows_at_a_tiny_size():
         assert 0 < r["flop_op_time_share"] <= 1 and r["peak_matmul_gflops_median"] > 0
     # a training step is forward + backward: about 3x the forward FLOPs (the input needs no gradient)
     with torch.device("meta"):
-        forward = forward_flops(create_model("siammae_tiny"), 112, 0.95)["total"]
+        forward = forward_flops(create_model("siammae_tiny", mask_ratio=0.95), 112)["total"]
     assert 2.5 < ours["gflop_per_pair"] * 1e9 / forward <= 3.0
     # the baseline encodes all 49 patches of f2 instead of 2: more FLOPs for the same model
     assert base["gflop_per_pair"] > 1.2 * ours["gflop_per_pair"]
@@ -78,7 +78,7 @@ def test_propagation_benchmark_at_a_tiny_size():
     assert row["total_s_per_frame_min"] <= row["total_s_per_frame"] <= row["total_s_per_frame_max"]
     assert row["encode_s_per_frame"] > 0 and row["propagate_s_per_frame"] > 0
     assert row["peak_rss_mib"] >= row["rss_before_mib"] > 0
-    table = run_all.render_propagation(rows)
+    table = report.render_propagation(rows)
     assert "| crw | generated 64x112, 3 frames | siammae_tiny, cpu" in table and "64x112 → 64x112 → 4x7" in table
 
 
@@ -128,7 +128,7 @@ def _block(text: str, name: str) -> str:
 def test_run_all_rewrites_only_its_sections(tmp_path):
     out, results_dir = tmp_path / "BENCHMARKS.md", tmp_path / "results"
     user_text = "Notes written by hand -- kept.\n"
-    out.write_text(run_all.TEMPLATE.replace("## 2. Training step", user_text + "\n## 2. Training step")
+    out.write_text(report.TEMPLATE.replace("## 2. Training step", user_text + "\n## 2. Training step")
                    .replace("<!-- bench:propagation:start -->\n", "<!-- bench:propagation:start -->\nstale\n"))
 
     first = run_all.main(["--quick", "--output", str(out), "--results-dir", str(results_dir)])
@@ -139,7 +139,7 @@ def test_run_all_rewrites_only_its_sections(tmp_path):
         assert "- Machine: " in block and "- Versions: python " in block and "torch " in block and "av " in block
         assert "| siammae_tiny |" in block or name != "train"
         # the embedded raw results read back as run, and the raw JSON files are written
-        assert run_all.read_section_results(text, name) == json.loads(json.dumps(first[name]["results"]))
+        assert read_section_results(text, name) == json.loads(json.dumps(first[name]["results"]))
         assert (results_dir / f"{name}.json").is_file()
     assert "not measured" in _block(text, "train")  # no GPU rows on a CPU machine
     assert "Computed from `siammae_tiny`, not ViT-S/16" in _block(text, "cost")
@@ -151,7 +151,7 @@ def test_run_all_rewrites_only_its_sections(tmp_path):
         assert _block(again, name) == _block(text, name)  # not re-run: kept as it was
     assert user_text in again
     new_row = second["train"]["results"][0]
-    cost = run_all.read_section_results(again, "cost")  # follows the new train figures
+    cost = read_section_results(again, "cost")  # follows the new train figures
     assert math.isclose(cost["cpu_pairs_per_s"]["median"], new_row["batch"] / new_row["step_s_median"])
 
 
@@ -168,9 +168,9 @@ def test_run_all_refuses_broken_markers_and_quick_figures_in_the_committed_file(
 
 def test_embedded_results_survive_comment_closers():
     payload = {"meta": {}, "results": [{"name": "a --> b -- c", "x": 1.5}]}
-    text = run_all.replace_section(run_all.TEMPLATE, "train", run_all.results_comment("train", payload))
-    assert run_all.read_section_results(text, "train") == payload["results"]
-    assert text.count("-->") == run_all.TEMPLATE.count("-->") + 1
+    text = report.replace_section(report.TEMPLATE, "train", report.results_comment("train", payload))
+    assert read_section_results(text, "train") == payload["results"]
+    assert text.count("-->") == report.TEMPLATE.count("-->") + 1
 
 
 def test_decoder_variants_and_the_gpu_check_without_a_gpu(capsys):

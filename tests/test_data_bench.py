@@ -7,9 +7,9 @@ from bench.bench_data import (
     format_formats,
     format_profile,
     format_table,
-    make_bench_clips,
     run_benchmark,
 )
+from bench.clips import make_bench_clips
 from dataset_loader import VideoReader
 
 

@@ -20,18 +20,18 @@ from PIL import Image
 from scipy.io import savemat
 
 import mae
-from ml.checkpoint import save_checkpoint
-from ml.eval import evaluate, get_protocol, load_encoder, main, plot_propagation, run_evaluation, write_synthetic_davis
-from ml.eval.benchmarks import crw_joint_stamps, heatmap_keypoints
+from ml.eval import get_protocol, load_encoder, main, plot_propagation, run_evaluation, write_synthetic_davis
 from ml.eval.cli import cli
 from ml.eval.data import VIP_CLASSES, davis_palette, davis_videos, read_label_png, write_label_png
 from ml.eval.encoders import PixelEncoder
 from ml.eval.features import FeatureExtractor, input_size, labels_from_grid, labels_to_grid, one_hot, resize_ids
+from ml.eval.keypoints import crw_joint_stamps, heatmap_keypoints
 from ml.eval.plots import overlay_labels
 from ml.eval.propagation import LabelPropagator, propagate
 from ml.eval.protocols import IMAGENET_STD
 from ml.eval.score import score_davis, score_vip
-from ml.SiamMAE import create_model
+from ml.model import create_model
+from ml.training.checkpoint import save_checkpoint
 
 COLOUR = PixelEncoder(patch_size=4, pool=4)  # each 4x4 patch -> its mean colour: tracks the coloured discs
 
@@ -245,7 +245,8 @@ def test_png_write_and_read_keep_palette_and_ids(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- DAVIS
 @pytest.mark.parametrize("name", ["crw", "causal", "dino"])
 def test_colour_features_track_every_generated_object(synthetic_davis: Path, tmp_path: Path, name: str) -> None:
-    result = evaluate("davis", COLOUR, synthetic_davis, tmp_path / "out", protocol=native(name), progress=False)
+    result = run_evaluation("davis", synthetic_davis, tmp_path / "out", encoder=COLOUR,
+                            protocol=native(name), progress=False)
     assert result["objects"] == 4 and result["sequences"] == 2 and result["protocol"] == name
     assert result["J-Mean"] > 0.9 and result["F-Mean"] > 0.9
     rows = (tmp_path / "out" / "per-sequence_results-val.csv").read_text().splitlines()
@@ -267,20 +268,21 @@ def test_colour_features_track_every_generated_object(synthetic_davis: Path, tmp
 def test_interrupted_run_continues_and_changed_results_are_recomputed(synthetic_davis: Path, tmp_path: Path) -> None:
     out, protocol = tmp_path / "run", native("crw")
     with pytest.raises(KeyboardInterrupt):
-        evaluate("davis", CountingEncoder(fail_after=11), synthetic_davis, out, protocol=protocol, progress=False)
+        run_evaluation("davis", synthetic_davis, out, encoder=CountingEncoder(fail_after=11),
+                       protocol=protocol, progress=False)
     first = out / "sequences" / "synthetic00.json"
     assert first.is_file() and not (out / "sequences" / "synthetic01.json").exists()
     encoder = CountingEncoder()
-    resumed = evaluate("davis", encoder, synthetic_davis, out, protocol=protocol, progress=False)
+    resumed = run_evaluation("davis", synthetic_davis, out, encoder=encoder, protocol=protocol, progress=False)
     assert encoder.frames == 8 and resumed["computed"] == 1  # only the unfinished sequence's 8 frames
-    fresh = evaluate("davis", CountingEncoder(), synthetic_davis, tmp_path / "fresh", protocol=protocol,
+    fresh = run_evaluation("davis", synthetic_davis, tmp_path / "fresh", encoder=CountingEncoder(), protocol=protocol,
                      progress=False)
     assert resumed["J&F-Mean"] == fresh["J&F-Mean"]
 
     def rerun(expected_warning: str) -> dict:
         encoder = CountingEncoder()
         with pytest.warns(UserWarning, match=expected_warning):
-            result = evaluate("davis", encoder, synthetic_davis, out, protocol=protocol, progress=False)
+            result = run_evaluation("davis", synthetic_davis, out, encoder=encoder, protocol=protocol, progress=False)
         assert encoder.frames == 8 and result["computed"] == 1, expected_warning  # that sequence again
         assert result["J&F-Mean"] == fresh["J&F-Mean"]
         return result
@@ -296,10 +298,12 @@ def test_interrupted_run_continues_and_changed_results_are_recomputed(synthetic_
     again = CountingEncoder()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert evaluate("davis", again, synthetic_davis, out, protocol=protocol, progress=False)["computed"] == 0
+        assert run_evaluation("davis", synthetic_davis, out, encoder=again,
+                              protocol=protocol, progress=False)["computed"] == 0
     assert again.frames == 0
     with pytest.raises(RuntimeError, match="different run .*protocol"):
-        evaluate("davis", CountingEncoder(), synthetic_davis, out, protocol=native("crw", topk=3), progress=False)
+        run_evaluation("davis", synthetic_davis, out, encoder=CountingEncoder(),
+                       protocol=native("crw", topk=3), progress=False)
 
 
 def test_clear_errors_on_bad_davis_folders(synthetic_davis: Path, tmp_path: Path) -> None:
@@ -316,13 +320,15 @@ def test_clear_errors_on_bad_davis_folders(synthetic_davis: Path, tmp_path: Path
     write_label_png(ann, ids, palette)
     encoder = CountingEncoder()
     with pytest.raises(ValueError, match=r"00004.png: unknown label ids \[7\]"):
-        evaluate("davis", encoder, bad, tmp_path / "out", protocol=native("crw"), sequences=["synthetic00"],
+        run_evaluation("davis", bad, tmp_path / "out", encoder=encoder,
+                       protocol=native("crw"), sequences=["synthetic00"],
                  progress=False)
     assert encoder.frames == 0 and not (tmp_path / "out").exists()  # refused before any work
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     with pytest.raises(RuntimeError, match="not empty"):
-        evaluate("davis", COLOUR, synthetic_davis, tmp_path / "mine", protocol=native("crw"), progress=False)
+        run_evaluation("davis", synthetic_davis, tmp_path / "mine", encoder=COLOUR,
+                       protocol=native("crw"), progress=False)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
@@ -476,7 +482,7 @@ def test_default_protocol_reproduces_the_crw_algorithm_on_real_frames(davis_mini
     the scored pixels (real davis_mini frames, a seeded random encoder)."""
     encoder, _ = load_encoder("random", "siammae_tiny", seed=0)
     expected = crw_brute_force(encoder, davis_mini)
-    result = evaluate("davis", encoder, davis_mini, tmp_path / "out", progress=False)  # the defaults: crw
+    result = run_evaluation("davis", davis_mini, tmp_path / "out", encoder=encoder, progress=False)  # the defaults: crw
     assert result["protocol"] == "crw"
     ours = np.stack([read_label_png(tmp_path / "out" / "masks" / "street" / f"{t:05d}.png")[0] for t in range(5)])
     agreement = (ours[1:-1] == expected[1:-1]).mean()  # the scored frames
@@ -548,14 +554,15 @@ def test_crw_joint_stamps_and_decoding_by_hand() -> None:
 def test_jhmdb_propagation_tracks_joints(tmp_path: Path, name: str) -> None:
     write_synthetic_jhmdb(tmp_path / "JHMDB")
     protocol = get_protocol(name, "jhmdb", size=(64, 80))
-    result = evaluate("jhmdb", COLOUR, tmp_path / "JHMDB", tmp_path / "out", protocol=protocol, progress=False)
+    result = run_evaluation("jhmdb", tmp_path / "JHMDB", tmp_path / "out", encoder=COLOUR,
+                            protocol=protocol, progress=False)
     assert result["videos"] == 1 and result["frames"] == 6
     assert result["PCK@0.2"] >= result["PCK@0.1"] > 0.85  # crw: 0.87 (its cell-corner convention), causal 0.91
     saved = json.loads((tmp_path / "out" / "sequences" / "walk" / "clip1.json").read_text())
     assert np.array(saved["distances"], dtype=float).shape == (5, 15)
     (tmp_path / "JHMDB" / "joint_positions" / "walk" / "clip1" / "joint_positions.mat").unlink()
     with pytest.raises(FileNotFoundError, match="joint positions"):
-        evaluate("jhmdb", COLOUR, tmp_path / "JHMDB", tmp_path / "out2", progress=False)
+        run_evaluation("jhmdb", tmp_path / "JHMDB", tmp_path / "out2", encoder=COLOUR, progress=False)
 
 
 # ----------------------------------------------------------------- VIP
@@ -578,7 +585,7 @@ def davis_to_vip(davis: Path, root: Path, annotate_every: int = 2) -> Path:
 def test_vip_parts_propagate_and_rescore(synthetic_davis: Path, tmp_path: Path, name: str) -> None:
     root = davis_to_vip(synthetic_davis, tmp_path / "VIP")
     protocol = native(name, "vip")
-    result = evaluate("vip", COLOUR, root, tmp_path / "out", protocol=protocol, progress=False)
+    result = run_evaluation("vip", root, tmp_path / "out", encoder=COLOUR, protocol=protocol, progress=False)
     assert result["videos"] == 2 and len(result["class_iou"]) == len(VIP_CLASSES) == 20
     present = [result["class_iou"][c] for c in VIP_CLASSES[:3]]
     assert all(v > 0.85 for v in present) and math.isnan(result["class_iou"]["dress"])
@@ -591,7 +598,7 @@ def test_vip_parts_propagate_and_rescore(synthetic_davis: Path, tmp_path: Path, 
     ids[0, 0] = 21
     Image.fromarray(ids, mode="L").save(ann)
     with pytest.raises(ValueError, match=r"unknown label ids \[21\]"):
-        evaluate("vip", COLOUR, root, tmp_path / "out2", protocol=protocol, progress=False)
+        run_evaluation("vip", root, tmp_path / "out2", encoder=COLOUR, protocol=protocol, progress=False)
 
 
 def test_run_evaluation_from_the_notebook_keeps_an_encoder_where_it_is(synthetic_davis: Path, tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ml.demo import run_notebook
-from ml.plots import DPI, PANEL_INCHES
-from ml.samples import SamplesFileError, build_samples, frame_to_plain, load_samples, read_samples_file
+from ml.notebook.demo import run_notebook
+from ml.notebook.plots import DPI, PANEL_INCHES
+from ml.notebook.samples import SamplesFileError, build_samples, frame_to_plain, load_samples, read_samples_file
 from tests.conftest import REPO, SAMPLE_DIR
 
 NOTEBOOK = REPO / "SiamMAE.ipynb"
@@ -168,7 +168,7 @@ def test_samples_file_with_plain_values_but_wrong_layout_is_refused(tmp_path: Pa
     path.write_bytes(b"not a pickle")
     with pytest.raises(SamplesFileError, match="not a readable samples file"):
         read_samples_file(path)
-    with pytest.raises(FileNotFoundError, match="python -m ml.samples"):
+    with pytest.raises(FileNotFoundError, match="python -m ml.notebook.samples"):
         read_samples_file(tmp_path / "missing.pickle")
 
 
@@ -193,4 +193,4 @@ def test_samples_round_trip_and_the_committed_file_is_reproducible(tmp_path: Pat
     for a, b in zip(shipped["pairs"], read["pairs"]):
         assert a["video"] == b["video"] and a["indices"] == b["indices"]
         assert np.array_equal(a["f1"], b["f1"]) and np.array_equal(a["f2"], b["f2"]), \
-            "samples.pickle is out of date: rebuild it with `python -m ml.samples`"
+            "samples.pickle is out of date: rebuild it with `python -m ml.notebook.samples`"

@@ -15,22 +15,24 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dataset_loader.dataset import KineticsFramePairs  # noqa: E402
-from ml.checkpoint import save_checkpoint  # noqa: E402
-from ml.engine import evaluate_loss  # noqa: E402
-from ml.plots import (  # noqa: E402
+from ml.model import (
+    create_model,  # noqa: E402
+    reconstruct,
+)
+from ml.notebook.plots import (
     last_layer_cls_attention,
     plot_attention_maps,
     plot_losses,
     plot_pairs,
     plot_results_from_checkpoint,
     plot_sample,
-    reconstruct,
     save_figure,
     to_display_image,
 )
-from ml.run import Run, read_log  # noqa: E402
-from ml.samples import load_samples  # noqa: E402
-from ml.SiamMAE import create_model  # noqa: E402
+from ml.notebook.samples import load_samples  # noqa: E402
+from ml.training.checkpoint import save_checkpoint  # noqa: E402
+from ml.training.engine import evaluate_loss  # noqa: E402
+from ml.training.run import Run, read_log  # noqa: E402
 from tests.conftest import REPO, SAMPLE_DIR, read_frames, sample_videos  # noqa: E402
 
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)

@@ -11,11 +11,12 @@ import torch
 from dataset_loader.dataset import KineticsFramePairs
 from dataset_loader.loader import VideoSampler, make_pair_loader, set_loader_epoch
 from mae.pretrained import CheckpointError, resolve_pretrained
-from ml.checkpoint import load_checkpoint
-from ml.config import PRESETS, get_preset
-from ml.run import Run
-from ml.SiamMAE import DECODER_SIZES, create_model, decoder_dims
-from ml.train import build_model, make_train_loader, train, training_videos
+from ml.model import DECODER_SIZES, create_model, decoder_dims
+from ml.training.build import build_model, make_train_loader, training_videos
+from ml.training.checkpoint import load_checkpoint
+from ml.training.presets import PRESETS, get_preset
+from ml.training.pretrain import train
+from ml.training.run import Run
 from tests.conftest import SAMPLE_DIR, log_rows
 
 

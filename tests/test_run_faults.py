@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ml.checkpoint import load_checkpoint
-from ml.run import Run
+from ml.training.checkpoint import load_checkpoint
+from ml.training.run import Run
 from tests.conftest import REPO, SAMPLE_DIR
 
 KILLER = '''

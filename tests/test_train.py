@@ -20,20 +20,19 @@ import torch
 import torch.nn as nn
 
 from mae.pretrained import CheckpointError
-from ml import checkpoint as checkpoint_module
-from ml.checkpoint import (
-    DiskFullError,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
-from ml.config import PRESETS, TrainConfig, get_preset, parse_field_value
-from ml.engine import evaluate_loss, resolve_precision, train_one_epoch
-from ml.optim import make_optimizer, make_scheduler, warmup_cosine_lr
-from ml.run import Run
-from ml.SiamMAE import prepare_model
-from ml.train import DivergedError, build_model, main, make_test_loader, make_train_loader, train
+from ml import files as files_module
+from ml.files import DiskFullError
+from ml.training.build import build_model, make_test_loader, make_train_loader
+from ml.training.checkpoint import load_checkpoint, prepare_model, save_checkpoint
+from ml.training.cli import main
+from ml.training.config import TrainConfig
+from ml.training.engine import evaluate_loss, resolve_precision, train_one_epoch
+from ml.training.optim import make_optimizer, make_scheduler, warmup_cosine_lr
+from ml.training.options import parse_field_value
+from ml.training.presets import PRESETS, get_preset
+from ml.training.pretrain import DivergedError, train
+from ml.training.rng import capture_rng_state, restore_rng_state
+from ml.training.run import Run
 from ml.utils import train as seed_train
 from tests.conftest import SAMPLE_DIR, log_rows
 
@@ -192,7 +191,7 @@ class PairRegressor(nn.Module):
         super().__init__()
         self.lin = nn.Linear(3, 3)
 
-    def forward(self, f1, f2, mask_ratio=None):
+    def forward(self, f1, f2):
         pred = self.lin(f1.mean((2, 3)))
         return ((pred - f2.mean((2, 3))) ** 2).mean(), pred, None
 
@@ -267,7 +266,7 @@ def test_a_full_disk_mid_write_says_so_and_keeps_the_previous_checkpoint(tmp_pat
         def __exit__(self, *exc):
             self._f.close()
 
-    monkeypatch.setattr(checkpoint_module, "open", lambda *a, **k: FullDisk(open(*a, **k)), raising=False)
+    monkeypatch.setattr(files_module, "open", lambda *a, **k: FullDisk(open(*a, **k)), raising=False)
     with pytest.raises(DiskFullError, match=r"disk full while writing .*checkpoint-last.pth: .* keeps its previous"):
         save_checkpoint(small_state(1.0), path)
     monkeypatch.undo()

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from ml.checkpoint import load_checkpoint
+from ml.training.checkpoint import load_checkpoint
 from tests.conftest import REPO, SAMPLE_DIR, log_rows
 
 WORLD = 2
@@ -67,9 +67,10 @@ def _spawned_rank(rank: int, port: int, out_dir: str, report_dir: str) -> None:
     torch.set_num_threads(1)
     writes: list[str] = []
     _record_writes(out_dir, writes)
-    from ml.config import get_preset
-    from ml.distributed import cleanup_distributed, init_distributed
-    from ml.train import build_model, train
+    from ml.training.build import build_model
+    from ml.training.distributed import cleanup_distributed, init_distributed
+    from ml.training.presets import get_preset
+    from ml.training.pretrain import train
 
     ctx = init_distributed("cpu")
     assert (ctx.rank, ctx.world_size, ctx.distributed) == (rank, WORLD, True)
@@ -144,8 +145,8 @@ def _stalled_rank(rank: int, port: int, report_dir: str) -> None:
     """Rank 0 waits at a barrier that rank 1 never reaches (rank 1 hangs, as a stopped rank would)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    from ml.config import parse_field_value
-    from ml.distributed import barrier, init_distributed
+    from ml.training.distributed import barrier, init_distributed
+    from ml.training.options import parse_field_value
 
     init_distributed("cpu", timeout_minutes=parse_field_value("dist_timeout_minutes", "0.05"))  # 3 s
     if rank == 1:

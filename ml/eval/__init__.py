@@ -9,12 +9,13 @@ One job per module:
     metrics.py      J and F as the official DAVIS scorer, PCK, mIoU
     store.py        the output folder: run.json, per-sequence results and their hashes
     benchmarks.py   DAVIS / JHMDB / VIP and the one driver loop they share
+    keypoints.py    JHMDB joints to and from heatmaps on the feature grid
     score.py        scoring any folder of predicted masks
     plots.py        propagated masks over the frames
     cli.py          run_evaluation and `python -m ml.evaluate`
 """
 
-from ml.eval.benchmarks import evaluate, run_benchmark  # noqa: F401
+from ml.eval.benchmarks import run_benchmark  # noqa: F401
 from ml.eval.cli import main, run_evaluation  # noqa: F401
 from ml.eval.data import write_synthetic_davis  # noqa: F401
 from ml.eval.encoders import PixelEncoder, load_encoder, weights_fingerprint  # noqa: F401

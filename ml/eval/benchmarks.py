@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ml.eval.data import (
@@ -48,6 +47,7 @@ from ml.eval.features import (
     labels_to_grid,
     peak_memory_bytes,
 )
+from ml.eval.keypoints import crw_joint_stamps, gaussian_heatmaps, heatmap_keypoints
 from ml.eval.metrics import (
     PCK_THRESHOLDS,
     confusion_matrix,
@@ -58,7 +58,7 @@ from ml.eval.metrics import (
     pck_distances,
 )
 from ml.eval.propagation import DEFAULT_MAX_AFFINITY_ELEMENTS, propagate_sequence
-from ml.eval.protocols import Protocol, get_protocol
+from ml.eval.protocols import Protocol
 from ml.eval.store import ResultStore, write_csv
 
 DEFAULT_PROTOCOL = "crw"
@@ -326,68 +326,6 @@ def vip_summary(confusions: dict[str, np.ndarray], root: Path, results: dict[str
     return {**summary, "class_iou": dict(zip(VIP_CLASSES, ious.tolist())), "videos": len(confusions)}
 
 
-# ================================================================= joints <-> heatmaps
-def crw_joint_stamps(points: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[int, int],
-                     sigma: float = 0.5) -> torch.Tensor:
-    """(1 + J, h, w): the CRW encoding of joints (J, 2) given in pixels of an `image_hw` frame.
-
-    Each joint, at grid position p = pixel x (grid / image size), gets the stamp of the pose-hourglass
-    code: a (6 sigma + 1)-wide window starting at int(p - 3 sigma), holding exp(-d^2 / (2 sigma^2))
-    around the window's centre (for sigma 0.5: a 4x4 window peaking at the rounded cell). A joint whose
-    window misses the grid gets an empty map. Channel 0 is the background: 1 where no joint's map
-    has any value.
-    """
-    (H, W), (h, w) = image_hw, grid_hw
-    maps = np.zeros((len(points), h, w))
-    size = 6 * sigma + 1
-    offsets = np.arange(0, size, 1, float)
-    centre = size // 2
-    stamp = np.exp(-((offsets[None, :] - centre) ** 2 + (offsets[:, None] - centre) ** 2) / (2 * sigma**2))
-    for j, (x, y) in enumerate(points):
-        u, v = x * w / W, y * h / H
-        left, top = int(u - 3 * sigma), int(v - 3 * sigma)  # int(): towards zero, as the original
-        right, bottom = int(u + 3 * sigma + 1), int(v + 3 * sigma + 1)
-        if left >= w or top >= h or right < 0 or bottom < 0:
-            continue
-        sx = slice(max(0, -left), min(right, w) - left)
-        sy = slice(max(0, -top), min(bottom, h) - top)
-        maps[j, max(0, top):min(bottom, h), max(0, left):min(right, w)] = stamp[sy, sx]
-    background = (maps.sum(0) == 0).astype(float)[None]
-    return torch.from_numpy(np.concatenate([background, maps])).float()
-
-
-def gaussian_heatmaps(points: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[int, int],
-                      sigma: float = 0.5) -> torch.Tensor:
-    """(J, h, w) Gaussian heatmaps (peak 1, sigma in cells) around the exact joint positions, cell centres at
-    integers (the causal protocol)."""
-    (H, W), (h, w) = image_hw, grid_hw
-    u = (points[:, 0] + 0.5) * w / W - 0.5
-    v = (points[:, 1] + 0.5) * h / H - 0.5
-    yy, xx = np.mgrid[0:h, 0:w]
-    d2 = (xx[None] - u[:, None, None]) ** 2 + (yy[None] - v[:, None, None]) ** 2
-    return torch.from_numpy(np.exp(-d2 / (2 * sigma**2))).float()
-
-
-def heatmap_keypoints(heat: torch.Tensor, image_hw: tuple[int, int], topk: int = 5,
-                      coords: str = "cell_corner") -> tuple[np.ndarray, np.ndarray]:
-    """(J, h, w) propagated heatmaps -> joints (J, 2) in pixels (the weighted mean of each map's top-k cells)
-    and visibility (J,): False for an all-zero map. "cell_corner": cell i maps to pixel i x W / w (CRW);
-    "cell_centre": to (i + 0.5) x W / w - 0.5."""
-    J, h, w = heat.shape
-    H, W = image_hw
-    flat = heat.reshape(J, h * w).clamp_min(0)
-    vals, idx = flat.topk(min(topk, h * w), dim=1)
-    weights = vals / vals.sum(1, keepdim=True).clamp_min(1e-12)
-    u = ((idx % w).float() * weights).sum(1)
-    v = ((idx // w).float() * weights).sum(1)
-    if coords == "cell_corner":
-        x, y = u * W / w, v * H / h
-    else:
-        x, y = (u + 0.5) * W / w - 0.5, (v + 0.5) * H / h - 0.5
-    visible = (flat.sum(1) > 0).cpu().numpy()
-    return torch.stack([x, y], 1).cpu().numpy(), visible
-
-
 # ================================================================= the driver
 BENCHMARKS = {"davis": DavisBenchmark, "jhmdb": JhmdbBenchmark, "vip": VipBenchmark}
 
@@ -455,30 +393,3 @@ def _run_video(benchmark: Benchmark, extractor: FeatureExtractor, video: Video, 
     result, files = benchmark.finish(state)
     result["seconds"] = time.perf_counter() - start
     return result, files
-
-
-def evaluate(
-    dataset: str,
-    encoder: nn.Module | FeatureExtractor,
-    data: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    protocol: Protocol | str = DEFAULT_PROTOCOL,
-    device: str | torch.device | None = None,
-    batch_size: int = 1,
-    model_name: str | None = None,
-    progress: bool = True,
-    max_affinity_elements: int = DEFAULT_MAX_AFFINITY_ELEMENTS,
-    **dataset_options: Any,
-) -> dict[str, Any]:
-    """One benchmark with an encoder in memory (`dataset_options`: split, resolution, sequences, list_file,
-    split_file)."""
-    if dataset not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {dataset!r}; choose from {', '.join(BENCHMARKS)}")
-    if isinstance(protocol, str):
-        protocol = get_protocol(protocol, dataset)
-    benchmark = BENCHMARKS[dataset](data, protocol, **dataset_options)
-    extractor = encoder if isinstance(encoder, FeatureExtractor) else FeatureExtractor(
-        encoder, protocol, device=device, batch_size=batch_size)
-    return run_benchmark(benchmark, extractor, output, model_name or type(extractor.encoder).__name__, progress,
-                         max_affinity_elements)

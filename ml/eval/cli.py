@@ -24,9 +24,10 @@ from ml.eval.benchmarks import BENCHMARKS, DEFAULT_PROTOCOL, run_benchmark
 from ml.eval.encoders import DEFAULT_ARCH, load_encoder
 from ml.eval.features import FeatureExtractor
 from ml.eval.propagation import DEFAULT_MAX_AFFINITY_ELEMENTS
-from ml.eval.protocols import PROTOCOLS, get_protocol
+from ml.eval.protocols import PROTOCOLS, Protocol, get_protocol
 from ml.eval.score import score_davis, score_vip
 from ml.eval.store import StoreError, check_output_folder
+from ml.training.distributed import resolve_device
 
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, StoreError)
 PROTOCOL_OPTIONS = ("temperature", "topk", "queue_length", "radius", "heatmap_sigma")
@@ -53,7 +54,7 @@ def run_evaluation(
     arch: str | None = None,
     encoder: nn.Module | None = None,
     *,
-    protocol: str = DEFAULT_PROTOCOL,
+    protocol: str | Protocol = DEFAULT_PROTOCOL,
     size: int | tuple[int, int] | str | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 1,
@@ -64,10 +65,10 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate one benchmark ('davis', 'jhmdb', 'vip') with an encoder given directly or loaded from `checkpoint`.
 
-    `protocol`: 'crw' (default), 'causal' or 'dino'; `size` replaces its input size; `options`: protocol
-    parameters (temperature, topk, queue_length, radius, heatmap_sigma; None keeps the protocol's) and the
-    benchmark's own (split, resolution, sequences, list_file, split_file). Everything is checked before
-    any model work: the protocol's values, the data and output folders, the device.
+    `protocol`: 'crw' (default), 'causal', 'dino' or a Protocol of this dataset; `size` replaces its input size;
+    `options`: protocol parameters (temperature, topk, queue_length, radius, heatmap_sigma; None keeps the
+    protocol's) and the benchmark's own (split, resolution, sequences, list_file, split_file). Everything is
+    checked before any model work: the protocol's values, the data and output folders, the device.
     """
     if dataset not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {dataset!r}; choose from {', '.join(BENCHMARKS)}")
@@ -75,15 +76,18 @@ def run_evaluation(
     if unknown:
         raise ValueError(f"option(s) {', '.join(unknown)} do not apply to {dataset}")
     overrides = {k: v for k in PROTOCOL_OPTIONS if (v := options.pop(k, None)) is not None}
-    the_protocol = get_protocol(protocol, dataset, **size_override(size), **overrides)
+    if isinstance(protocol, Protocol):
+        if protocol.dataset != dataset:
+            raise ValueError(f"protocol {protocol.name} is for {protocol.dataset}, not {dataset}")
+        the_protocol = protocol.replace(**size_override(size), **overrides)
+    else:
+        the_protocol = get_protocol(protocol, dataset, **size_override(size), **overrides)
     if max_affinity_elements < 1:
         raise ValueError(f"--max-affinity-elements must be >= 1, got {max_affinity_elements}")
     if not Path(data).is_dir():
         raise FileNotFoundError(f"--data {data}: no {dataset} folder there (expected layouts: dataset/EVALUATION.md)")
     check_output_folder(Path(output))
     if device is not None:
-        from ml.distributed import resolve_device
-
         device = resolve_device(device)
     if encoder is None:
         if checkpoint is None:

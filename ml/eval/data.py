@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ml.checkpoint import atomic_file
+from ml.files import atomic_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VOID_LABEL = 255  # DAVIS annotations: pixels left out of the object masks

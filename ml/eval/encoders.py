@@ -10,7 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ml.config import TrainConfig
+from ml.model import create_model
+from ml.training.checkpoint import prepare_model
+from ml.training.config import TrainConfig
 
 DEFAULT_ARCH = TrainConfig.arch  # the paper's ViT-S/16
 
@@ -65,7 +67,6 @@ def load_encoder(checkpoint: str | os.PathLike, arch: str | None = None, seed: i
     """
     if str(checkpoint) == "pixels":
         return PixelEncoder(patch_size=16), "pixels"
-    from ml.SiamMAE import create_model, prepare_model
 
     if str(checkpoint) == "random":
         arch = arch or DEFAULT_ARCH

@@ -24,9 +24,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from dataset_loader.transforms import IMAGENET_STD
+
 PROTOCOLS = ("crw", "causal", "dino")
 DATASETS = ("davis", "jhmdb", "vip")
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_STD = (0.228, 0.224, 0.225)  # DINO's evaluation normalises red with 0.228
 
 
@@ -184,8 +185,3 @@ def get_protocol(name: str, dataset: str, **overrides: Any) -> Protocol:
         defined = ", ".join(d for n, d in _PROTOCOLS if n == name)
         raise ValueError(f"--protocol: {name} is defined for {defined} only, not {dataset}")
     return Protocol(name=name, dataset=dataset, **_PROTOCOLS[(name, dataset)]).replace(**overrides)
-
-
-def protocol_table() -> list[dict[str, Any]]:
-    """Every protocol and benchmark as rows of plain values (the table of dataset/EVALUATION.md)."""
-    return [get_protocol(n, d).to_dict() for n, d in _PROTOCOLS]

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ml.checkpoint import atomic_file, unwritable_reason
+from ml.files import atomic_file, unwritable_reason
 
 
 class StoreError(RuntimeError):

@@ -31,10 +31,6 @@ class DistributedContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
 
 def launched_by_torchrun() -> bool:
     """True when the environment holds torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK)."""
@@ -103,6 +99,12 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def print_main(message: str) -> None:
+    """Print on rank 0 only (every process runs the same code; one line per event is enough)."""
+    if is_main_process():
+        print(message, flush=True)
+
+
 def barrier() -> None:
     if is_initialized() and get_world_size() > 1:
         dist.barrier()
@@ -115,11 +117,6 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
-
-
-def all_reduce_mean(value: float, device: torch.device) -> float:
-    """Mean of a scalar over all processes."""
-    return all_reduce_sum([value], device)[0] / get_world_size()
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from dataset_loader.transforms import normalize
-from ml.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
+from ml.model.reconstruct import fixed_masks
+from ml.training.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
 
 TEST_MASK_SEED = 1234  # masks of the held-out loss: batch b of rank r uses seed TEST_MASK_SEED + b * world + r
 
@@ -69,22 +70,6 @@ def to_model_input(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
     return normalize(frames) if frames.dtype == torch.uint8 else frames
 
 
-@contextmanager
-def fixed_masks(module: nn.Module, seed: int) -> Iterator[None]:
-    """Within the block `module` is in eval mode and draws the masks of `seed`, in a fork of the random state:
-    afterwards the global RNG (CPU and the module's GPU) and the module's mode are as before."""
-    device = next(module.parameters()).device
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        module.train(was_training)
-
-
 def show_progress(progress: bool | None) -> bool:
     """Progress bars on rank 0, in a terminal or a notebook, unless told otherwise."""
     if progress is not None:
@@ -106,7 +91,6 @@ def train_one_epoch(
     precision: str = "auto",
     accum_iter: int = 1,
     clip_grad: float | None = None,
-    mask_ratio: float | None = None,
     log: Callable[[int, int, float, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: bool | None = None,
@@ -147,7 +131,7 @@ def train_one_epoch(
             no_sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not step_now else nullcontext()
             with no_sync:
                 with autocast(precision, device):
-                    loss, _, _ = model(f1, f2, mask_ratio=mask_ratio)
+                    loss, _, _ = model(f1, f2)
                 # every process sees the same (summed) values, so all of them stop together
                 stop_flag = float(bool(should_stop and should_stop()))
                 total, stops = all_reduce_sum([loss.item(), stop_flag], device)
@@ -189,7 +173,6 @@ def evaluate_loss(
     device: torch.device | str,
     *,
     precision: str = "auto",
-    mask_ratio: float | None = None,
     mask_seed: int = TEST_MASK_SEED,
 ) -> float:
     """Mean loss over `data_loader` with fixed masks (seeded per batch), leaving the global RNG untouched.
@@ -208,7 +191,7 @@ def evaluate_loss(
         for b, (f1, f2) in enumerate(data_loader):
             torch.manual_seed(mask_seed + b * world + rank)
             with autocast(precision, device):
-                loss, _, _ = module(to_model_input(f1, device), to_model_input(f2, device), mask_ratio=mask_ratio)
+                loss, _, _ = module(to_model_input(f1, device), to_model_input(f2, device))
             total += loss.item() * f1.shape[0]
             count += f1.shape[0]
     total, count = all_reduce_sum([total, count], device)

@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
-from mae.models_mae import normalize_patches, patch_statistics
-from ml.engine import fixed_masks
-from ml.run import Run
+from ml.model import reconstruct
+from ml.notebook.samples import load_samples
+from ml.training.checkpoint import find_checkpoint, prepare_model
+from ml.training.engine import evaluate_loss
+from ml.training.run import Run
 
 PANEL_INCHES = 2.4  # side of one image panel
 DPI = 100
@@ -94,64 +96,10 @@ def _frames_of(sample: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return f1, f2
 
 
-def _resize_to(frame: torch.Tensor, size: int) -> torch.Tensor:
-    if frame.shape[-2:] == (size, size):
-        return frame
-    return F.interpolate(frame[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-
-
-# ---------------------------------------------------------------- reconstructions
-@torch.no_grad()
-def reconstruct(model: torch.nn.Module, f1: torch.Tensor, f2: torch.Tensor, seed: int = 0) -> dict[str, Any]:
-    """Run SiamMAE on one pair with a fixed mask and return the images to show, all (3, H, W) normalised.
-
-    Keys: `loss` (float), `norm_pix_loss` (bool), `mask` (h*w,) 1 = masked, `visible` (f2 with masked patches blanked),
-    `reconstruction` (the prediction for every patch, back in image space), `pasted` (visible patches of
-    f2 with the prediction in the masked ones). Frames are resized to the model's `img_size` if needed.
-    """
-    device = next(model.parameters()).device
-    size = int(getattr(model, "img_size", f2.shape[-1]))
-    f1 = _resize_to(f1, size)[None].to(device)  # (1, 3, H, W)
-    f2 = _resize_to(f2, size)[None].to(device)
-    with fixed_masks(model, seed):  # the same mask every time this pair is plotted
-        loss, pred, mask = model(f1, f2)  # pred (1, L, p*p*3), mask (1, L)
-    encoder = model.encoder
-    p = encoder.patch_size
-    grid = (f2.shape[-2] // p, f2.shape[-1] // p)
-    target = encoder.patchify(f2)  # (1, L, p*p*3)
-    norm_pix_loss = bool(getattr(model, "norm_pix_loss", False))
-    mask_image = encoder.unpatchify(mask.float().unsqueeze(-1).expand(-1, -1, p * p * 3), grid)  # 1 = masked
-    visible = f2 * (1 - mask_image) + _blank_like(f2) * mask_image
-    out = {"loss": float(loss), "norm_pix_loss": norm_pix_loss, "mask": mask[0].cpu(), "f1": f1[0].cpu(),
-           "f2": f2[0].cpu(), "visible": visible[0].cpu()}
-    if norm_pix_loss:
-        # what the model predicts: per-patch normalised pixels (each patch's mean and variance taken out)
-        shown = _black_like(f2) * (1 - mask_image)  # visible patches black: they were given, not predicted
-        out["target_normalised"] = encoder.unpatchify(normalize_patches(target).float(), grid)[0].cpu()
-        out["prediction"] = (encoder.unpatchify(pred.float(), grid) * mask_image + shown)[0].cpu()
-        mean, std = patch_statistics(target)  # f2's true patch statistics, for the labelled extra column
-        pred = pred * std + mean
-    reconstruction = encoder.unpatchify(pred.float(), grid)  # (1, 3, H, W)
-    out["reconstruction"] = reconstruction[0].cpu()
-    out["pasted"] = (f2 * (1 - mask_image) + reconstruction * mask_image)[0].cpu()
-    return out
-
-
 def normalised_patches_image(x: torch.Tensor) -> np.ndarray:
     """Per-patch normalised pixels (3, H, W) (mean 0, std 1 within each patch) as an image: 0 is mid-grey and one
     standard deviation a quarter of the range, the same scale for target and prediction."""
     return (0.5 + 0.25 * x.detach().cpu().float()).clamp(0, 1).permute(1, 2, 0).numpy()
-
-
-def _blank_like(frame: torch.Tensor) -> torch.Tensor:
-    """A mid-grey image in normalised space (how masked patches are drawn)."""
-    grey = (0.5 - torch.tensor(IMAGENET_MEAN, device=frame.device)) / torch.tensor(IMAGENET_STD, device=frame.device)
-    return grey.view(1, 3, 1, 1).expand_as(frame)
-
-
-def _black_like(frame: torch.Tensor) -> torch.Tensor:
-    """Black in the display of per-patch normalised pixels (`normalised_patches_image` maps -2 to 0)."""
-    return torch.full_like(frame, -2.0)
 
 
 def row_columns(norm_pix_loss: bool) -> int:
@@ -224,14 +172,9 @@ def plot_results_from_checkpoint(
     row per pair of `samples_path`, with the loss of the model on `data_loader` (e.g. the held-out loader;
     None to skip) in the title.
 
-    The loss is computed as training computes its held-out loss (`ml.engine.evaluate_loss`, the same fixed
-    masks), so for the last checkpoint it is the last value of the run's test-loss log.
+    The loss is computed as training computes its held-out loss (`ml.training.engine.evaluate_loss`, the same
+    fixed masks), so for the last checkpoint it is the last value of the run's test-loss log.
     """
-    from ml.engine import evaluate_loss
-    from ml.run import find_checkpoint
-    from ml.samples import load_samples
-    from ml.SiamMAE import prepare_model
-
     path = find_checkpoint(checkpoint_name)
     model = prepare_model(path).to(device)
     samples = load_samples(samples_path)
@@ -250,7 +193,7 @@ def plot_results_from_checkpoint(
 
 # ---------------------------------------------------------------- does the decoder use f1?
 def plot_f1_ablation(table: dict[str, dict[str, float]], title: str | None = None) -> Figure:
-    """Bars of `ml.analysis.f1_ablation`'s losses: one group per split, one bar per f1 given to the decoder."""
+    """Bars of `ml.notebook.analysis.f1_ablation`'s losses: one group per split, one bar per f1 given to the decoder."""
     conditions = list(table)
     splits = list(next(iter(table.values())))
     fig, ax = plt.subplots(figsize=(1.6 + 2.2 * len(splits), 3.6), layout="constrained")
@@ -283,7 +226,7 @@ def plot_cross_attention(
 ) -> Figure:
     """Where the decoder looks: for each query patch of f2 (a row), its cross-attention over f1 drawn on f1.
 
-    `maps` = {model name: `ml.analysis.cross_attention` result} for one pair (f1, f2); columns: f2 with the
+    `maps` = {model name: `ml.notebook.analysis.cross_attention` result} for one pair (f1, f2); columns: f2 with the
     query patch boxed, then per model the mean over heads, and for the model `heads_of` (default: the first)
     each head. On every map the box marks the query's own position and a cross the attention's peak.
     """

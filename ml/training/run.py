@@ -32,7 +32,6 @@ import datetime
 import errno
 import fcntl
 import os
-import re
 import shutil
 import socket
 import warnings
@@ -44,22 +43,13 @@ from typing import IO, Any
 import numpy as np
 
 from mae.pretrained import CheckpointError
-from ml.checkpoint import (
-    atomic_file,
-    load_checkpoint,
-    read_checkpoint_meta,
-    remove_temp_files,
-    save_checkpoint,
-    temp_name,
-    unwritable_reason,
-)
-from ml.config import TrainConfig, recipe_differences
+from ml.files import atomic_file, remove_temp_files, temp_name, unwritable_reason
+from ml.training.checkpoint import LAST_NAME, checkpoints_in, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from ml.training.config import TrainConfig, recipe_differences
 
-LAST_NAME = "checkpoint-last.pth"
 LOCK_NAME = ".lock"
 TRAIN_LOG_HEADER = "# epoch step lr loss"
 TEST_LOG_HEADER = "# epoch loss"
-_NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")
 
 
 class RunError(RuntimeError):
@@ -385,33 +375,3 @@ def read_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
         rows.append(row)
     table = np.array(rows, dtype=np.float64).reshape(-1, len(names))
     return {name: table[:, i] for i, name in enumerate(names)}
-
-
-def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
-    """Readable checkpoints of a folder as (epoch, path), oldest first (checkpoint-last after a numbered one
-    of the same epoch)."""
-    found = []
-    if not folder.is_dir():
-        return found
-    for path in folder.iterdir():
-        if path.name == LAST_NAME or _NUMBERED.match(path.name):
-            try:
-                found.append((int(read_checkpoint_meta(path)["epoch"]), path.name == LAST_NAME, path))
-            except (CheckpointError, KeyError, ValueError):
-                continue
-    return [(epoch, path) for epoch, _, path in sorted(found)]
-
-
-def find_checkpoint(spec: str | os.PathLike, output_dir: str | os.PathLike = ".") -> Path:
-    """A checkpoint file from what a user names: the file itself, a run's checkpoint folder (its latest
-    checkpoint), or a run name under `<output_dir>/checkpoints/`. FileNotFoundError listing what was tried."""
-    path = Path(spec)
-    if path.is_file():
-        return path
-    tried = [path]
-    for folder in (path, Path(output_dir) / "checkpoints" / path):
-        found = checkpoints_in(folder)
-        if found:
-            return found[-1][1]
-        tried.append(folder / LAST_NAME)
-    raise FileNotFoundError(f"no checkpoint at {spec} (looked for {', '.join(str(t) for t in tried)})")

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+from dataset_loader.dataset import KineticsFramePairs
 from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ml.engine import fixed_masks
+from ml.model import fixed_masks
 
 F1_CONDITIONS = ("the true past frame", "a frame of another video", "a grey frame", "f2 itself")
 MASK_SEED = 0  # the masks every measurement here uses
@@ -42,7 +43,6 @@ class FixedPairs:
 def fixed_pairs(data: str, split: str, img_size: int, pairs_per_video: int = 4, seed: int = 0,
                 min_gap: int = 4, max_gap: int = 48) -> FixedPairs:
     """`pairs_per_video` fixed pairs (centre crop, no flip) from every video of `split` of the folder `data`."""
-    from dataset_loader.dataset import KineticsFramePairs
 
     if pairs_per_video < 1:
         raise ValueError(f"pairs_per_video must be at least 1, got {pairs_per_video}")

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.checkpoint import atomic_file
-from ml.config import TrainConfig
+from dataset_loader.dataset import IMAGENET_MEAN, IMAGENET_STD, KineticsFramePairs, denormalize
+from ml.files import atomic_file
+from ml.training.config import TrainConfig
 
 SAMPLES_FORMAT = "siammae-samples"
 SAMPLES_VERSION = 2
@@ -84,7 +85,7 @@ def read_samples_file(path: str | os.PathLike = "samples.pickle") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"samples file {path} does not exist; rebuild it with `python -m ml.samples --output {path}`"
+            f"samples file {path} does not exist; rebuild it with `python -m ml.notebook.samples --output {path}`"
         )
     if path.stat().st_size > MAX_FILE_BYTES:
         raise SamplesFileError(f"{path} is {path.stat().st_size} bytes, more than a samples file can be "
@@ -118,7 +119,6 @@ def _check_layout(content: Any, path: Path) -> None:
 
 def _to_uint8_image(frame: torch.Tensor) -> np.ndarray:
     """ImageNet-normalised (3, H, W) -> uint8 (H, W, 3)."""
-    from dataset_loader.dataset import denormalize
 
     rgb = denormalize(frame.detach().cpu().float()).clamp(0, 1)  # (3, H, W) in [0, 1]
     return (rgb.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
@@ -126,7 +126,6 @@ def _to_uint8_image(frame: torch.Tensor) -> np.ndarray:
 
 def _to_normalized_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> ImageNet-normalised float (3, H, W)."""
-    from dataset_loader.dataset import IMAGENET_MEAN, IMAGENET_STD
 
     x = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W) in [0, 1]
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -150,7 +149,6 @@ def build_samples(
     pairs. The videos are evenly spaced over each split; more pairs than videos reuse videos with another
     seed (other frames). Returns the content written (also when `output` is None).
     """
-    from dataset_loader.dataset import KineticsFramePairs
 
     if pairs_per_split < 1:
         raise ValueError(f"pairs_per_split must be at least 1, got {pairs_per_split}")

@@ -17,15 +17,18 @@ import torch
 import torch.nn as nn
 from timm.optim import param_groups_weight_decay  # ml/__init__ loaded mae's torchvision shim first
 
+ADAMW_BETAS = (0.9, 0.95)  # the paper's (MAE's) AdamW betas
+WEIGHT_DECAY = 0.05
+
 
 def make_optimizer(
     model: nn.Module,
     lr: float,
-    weight_decay: float = 0.05,
-    betas: tuple[float, float] = (0.9, 0.95),
+    weight_decay: float = WEIGHT_DECAY,
+    betas: tuple[float, float] = ADAMW_BETAS,
     fused: bool | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW over timm's weight-decay groups (the paper: betas 0.9/0.95, wd 0.05).
+    """AdamW over timm's weight-decay groups (defaults: the paper's betas and weight decay).
 
     `fused`: the fused CUDA kernel (None: when every parameter is on a CUDA device); otherwise
     torch's default multi-tensor (foreach) implementation.

@@ -17,9 +17,19 @@ import torch
 from matplotlib.figure import Figure
 
 import mae
-from ml.checkpoint import read_checkpoint_meta, seed_everything
-from ml.config import NOTEBOOK_SETTINGS, TrainConfig, get_preset
-from ml.plots import (  # noqa: F401  (re-exported for the notebook)
+from dataset_loader.dataset import KineticsFramePairs
+from ml.eval import plot_propagation, run_evaluation, weights_fingerprint, write_synthetic_davis
+from ml.eval.encoders import PixelEncoder
+from ml.notebook.analysis import (
+    F1_CONDITIONS,
+    attention_locality,
+    cross_attention,
+    f1_ablation,
+    fixed_pairs,
+    format_f1_ablation,
+    textured_masked_patches,
+)
+from ml.notebook.plots import (  # noqa: F401  (the notebook calls these through this module)
     plot_attention_maps,
     plot_cross_attention,
     plot_f1_ablation,
@@ -29,9 +39,15 @@ from ml.plots import (  # noqa: F401  (re-exported for the notebook)
     plot_sample,
     save_figure,
 )
-from ml.run import Run
-from ml.samples import load_samples  # noqa: F401
-from ml.train import build_model, make_test_loader, make_train_loader, train
+from ml.notebook.samples import load_samples  # noqa: F401
+from ml.training.build import build_model, make_test_loader, make_train_loader
+from ml.training.checkpoint import read_checkpoint_meta
+from ml.training.config import TrainConfig
+from ml.training.distributed import resolve_device
+from ml.training.presets import NOTEBOOK_SETTINGS, get_preset
+from ml.training.pretrain import train
+from ml.training.rng import seed_everything
+from ml.training.run import Run
 
 SHARED_DAVIS_MINI = Path("..") / "shared" / "data" / "davis_mini"  # beside a clone of this repo, when present
 
@@ -170,7 +186,6 @@ PAIRS_PER_VIDEO = 4  # fixed pairs per video in the analyses
 
 def analysis_pairs(config: TrainConfig) -> dict[str, Any]:
     """Fixed pairs (no augmentation) from every video of the training and the held-out split."""
-    from ml.analysis import fixed_pairs
 
     splits = [config.train_split] + ([config.test_split] if config.test_split else [])
     return {split: fixed_pairs(config.data, split, config.img_size, PAIRS_PER_VIDEO, seed=config.seed,
@@ -181,7 +196,6 @@ def f1_ablation_report(config: TrainConfig, model: torch.nn.Module, pairs: dict[
                        device: torch.device | str) -> tuple[dict, str, Figure]:
     """The masked-patch loss with four choices of f1 (trained model and its initialisation), as a table, a
     reading of it, and a bar chart of the trained model's losses."""
-    from ml.analysis import F1_CONDITIONS, f1_ablation, format_f1_ablation
 
     trained = f1_ablation(model.to(device), pairs)
     untrained = f1_ablation(untrained_model(config).to(device), pairs)
@@ -207,7 +221,6 @@ def cross_attention_report(config: TrainConfig, model: torch.nn.Module, pairs: d
     and the last block of the untrained one (the mean over heads), and each head of the trained block whose
     attention is the most local; and, over all held-out pairs, how often each block's attention peaks near the
     masked patch's own position."""
-    from ml.analysis import attention_locality, cross_attention, textured_masked_patches
 
     fixed = pairs[config.test_split or config.train_split]
     baseline = untrained_model(config).to(device)
@@ -237,7 +250,6 @@ def cross_attention_report(config: TrainConfig, model: torch.nn.Module, pairs: d
 # ---------------------------------------------------------------- 11. encoder attention maps
 def attention_figure(config: TrainConfig, model: torch.nn.Module, device: torch.device | str) -> Figure:
     """The last layer's [CLS] attention of `model` on a held-out frame at twice the training size."""
-    from dataset_loader.dataset import KineticsFramePairs
 
     view = KineticsFramePairs(config.data, split=config.test_split or config.train_split, img_size=2 * config.img_size,
                               augment=False, fixed_pairs=True, seed=config.seed)
@@ -250,7 +262,6 @@ def attention_figure(config: TrainConfig, model: torch.nn.Module, device: torch.
 def davis_folder(davis: str, config: TrainConfig) -> Path:
     """The DAVIS-layout folder to evaluate on: `davis` if set, else ../shared/data/davis_mini when it is there,
     else (or with davis="synthetic") a small synthetic sequence written into the run's output folder."""
-    from ml.evaluate import write_synthetic_davis
 
     if davis and davis != "synthetic":
         return Path(davis)
@@ -266,8 +277,6 @@ def compare_on_davis(config: TrainConfig, model: torch.nn.Module, davis_root: Pa
                      ) -> tuple[dict[str, dict], Figure]:
     """Label propagation with the evaluation's default protocol on the first sequence of `davis_root`: the trained
     encoder, its random initialisation and raw pixels; their scores and the figure of the trained encoder's masks."""
-    from ml.eval.encoders import PixelEncoder
-    from ml.evaluate import plot_propagation, run_evaluation, weights_fingerprint
 
     sequence = sorted(p.name for p in (davis_root / "JPEGImages" / "480p").iterdir() if p.is_dir())[0]
     encoders = {"trained": model.encoder, "random init": untrained_model(config).encoder,
@@ -288,6 +297,5 @@ def compare_on_davis(config: TrainConfig, model: torch.nn.Module, davis_root: Pa
 
 def resolve_notebook_device(config: TrainConfig) -> torch.device:
     """The device the config's `device` names (auto: this machine's GPU when there is one, else the CPU)."""
-    from ml.distributed import resolve_device
 
     return resolve_device(config.device)

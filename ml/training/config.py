@@ -14,15 +14,14 @@ videos (an "effective" epoch). With repeated sampling R an epoch reads N / R of 
 different part each epoch, every video once every R epochs (`dataset_loader.loader.VideoSampler`).
 The schedule, warm-up, logs, checkpoint numbers, held-out loss and the cost model all count these.
 
-Each field carries its help text (`metadata["help"]`); `add_config_options` turns the fields into
-command-line options (one declaration per option) and `parse_field_value` reads a value as the
-field's type or refuses it.
+Each field carries its help text (`metadata["help"]`); `ml.training.options` turns the fields into
+command-line options and `ml.training.presets` names whole recipes (each listing only what differs
+from these defaults). A default that belongs to the code that uses it (the frame gap, the crop, the
+mask ratio, the decoder sizes, AdamW's betas) is written there once and read here.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
 import math
 import types
@@ -30,7 +29,18 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from dataset_loader.random_temporal_subsample import MAX_GAP, MIN_GAP, REFERENCE_FPS
+from dataset_loader.transforms import CROP_SCALE
+from ml.model import DECODER_SIZES, MASK_RATIO, check_decoder_type, check_mask_ratio, decoder_dims
+from ml.training.optim import ADAMW_BETAS, WEIGHT_DECAY
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _dims(size: tuple) -> str:
+    return "/".join(f"{v:g}" for v in size)
 
 
 def _f(default: Any, help: str, flag: str | None = None, factory: bool = False) -> Any:
@@ -46,11 +56,13 @@ class TrainConfig:
     """Everything a training run needs besides the model's weights (defaults: the paper's ViT-S/16 recipe)."""
 
     # model
-    arch: str = _f("siammae_vit_small_patch16", "model preset of ml.SiamMAE (e.g. siammae_vit_base_patch16)")
+    arch: str = _f("siammae_vit_small_patch16", "model preset of ml.model.SIAMMAE_PRESETS "
+                                                "(e.g. siammae_vit_base_patch16)")
     model_kwargs: dict[str, Any] = _f(dict, "SiamMAE constructor arguments replacing the preset's, as a Python dict "
                                             "(e.g. \"{'decoder_type': 'cross'}\")", factory=True)
-    decoder_size: str = _f("preset", "decoder width/depth/heads[/MLP ratio]: preset (the arch's own: MAE's 512/8/16 "
-                                     "for the ViTs), mae (512/8/16), small (256/4/8/8, CropMAE's SiamMAE) or W/D/H[/M]")
+    decoder_size: str = _f("preset", "decoder width/depth/heads[/MLP ratio]: preset (the arch's own: MAE's for "
+                                     "the ViTs), " + ", ".join(f"{k} ({_dims(v)})" for k, v in DECODER_SIZES.items())
+                                     + " (small: CropMAE's SiamMAE) or W/D/H[/M]")
     decoder_type: str = _f("cross_self", "cross_self (the paper's), cross, joint (the paper's ablations)")
     f1_mask_ratio: float = _f(0.0, "fraction of f1's patches removed (0: f1 whole, as the paper; the masking ablation)")
     pretrained: str | None = _f(None, "official MAE checkpoint (file, or a name such as mae_pretrain_vit_base, "
@@ -63,11 +75,11 @@ class TrainConfig:
     max_videos: int | None = _f(None, "train on this many videos of the split, drawn once with a fixed seed (the same "
                                       "subset in every run; None: all). A subset list: pass it as `data`")
     img_size: int = _f(224, "side of the square training crops")
-    crop_scale: tuple[float, float] = _f((0.5, 1.0), "area range of the random resized crop shared by both frames")
-    min_gap: int = _f(4, "smallest frame gap between f1 and f2, in frames at 30 fps")
-    max_gap: int = _f(48, "largest frame gap between f1 and f2, in frames at 30 fps")
+    crop_scale: tuple[float, float] = _f(CROP_SCALE, "area range of the random resized crop shared by both frames")
+    min_gap: int = _f(MIN_GAP, f"smallest frame gap between f1 and f2, in frames at {REFERENCE_FPS:g} fps")
+    max_gap: int = _f(MAX_GAP, f"largest frame gap between f1 and f2, in frames at {REFERENCE_FPS:g} fps")
     repeated_sampling: int = _f(2, "pairs drawn from one decoded video")
-    mask_ratio: float = _f(0.95, "fraction of f2's patches removed")
+    mask_ratio: float = _f(MASK_RATIO, "fraction of f2's patches removed")
     # batch and optimisation
     batch_size: int = _f(256, "frame pairs per process per iteration (a multiple of repeated_sampling)")
     accum_iter: int = _f(1, "iterations per optimiser step (gradient accumulation)")
@@ -78,8 +90,8 @@ class TrainConfig:
     blr: float = _f(1.5e-4, "base learning rate, per 256 pairs of effective batch")
     lr: float | None = _f(None, "peak learning rate; None: blr * effective batch / 256")
     min_lr: float = _f(0.0, "the learning rate the cosine ends at")
-    weight_decay: float = _f(0.05, "AdamW weight decay (not on biases, norms, embeddings, tokens)")
-    betas: tuple[float, float] = _f((0.9, 0.95), "AdamW betas")
+    weight_decay: float = _f(WEIGHT_DECAY, "AdamW weight decay (not on biases, norms, embeddings, tokens)")
+    betas: tuple[float, float] = _f(ADAMW_BETAS, "AdamW betas")
     clip_grad: float | None = _f(None, "clip the gradient norm to this value; None: no clipping")
     precision: str = _f("auto", "auto (bf16 on GPUs that have it, else fp16 with a gradient scaler; fp32 on the "
                                 "CPU), fp32, bf16, fp16")
@@ -118,7 +130,6 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {message}")
 
         need(self.img_size > 0, f"img_size must be positive, got {self.img_size}")
-        need(0.0 <= self.mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         need(1 <= self.min_gap <= self.max_gap, f"need 1 <= min_gap <= max_gap, got {self.min_gap}, {self.max_gap}")
         need(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
              f"crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {self.crop_scale}")
@@ -150,16 +161,14 @@ class TrainConfig:
              f"test_max_videos must be >= 1 or None, got {self.test_max_videos}")
         need(bool(self.output_dir), "output_dir must not be empty")
         need(self.dist_timeout_minutes > 0, f"dist_timeout_minutes must be positive, got {self.dist_timeout_minutes}")
-        need(0.0 <= self.f1_mask_ratio < 1.0, f"f1_mask_ratio must be in [0, 1), got {self.f1_mask_ratio}")
         need(self.max_videos is None or self.max_videos >= 1, f"max_videos must be >= 1 or None, got {self.max_videos}")
         need(self.print_every >= 1, f"print_every must be >= 1, got {self.print_every}")
         need(self.tensorboard_figure_every >= 1,
              f"tensorboard_figure_every must be >= 1, got {self.tensorboard_figure_every}")
-        from ml.SiamMAE import DECODER_TYPES, decoder_dims
-
-        need(self.decoder_type in DECODER_TYPES,
-             f"decoder_type must be one of {', '.join(DECODER_TYPES)}, got {self.decoder_type!r}")
-        try:
+        try:  # the model's own checks, so that a bad value is refused before any work
+            check_mask_ratio(self.mask_ratio)
+            check_mask_ratio(self.f1_mask_ratio, "f1_mask_ratio")
+            check_decoder_type(self.decoder_type)
             decoder_dims(self.decoder_size)
         except ValueError as err:
             raise ValueError(f"TrainConfig: {err}") from None
@@ -209,8 +218,6 @@ class TrainConfig:
 
     def model_kwargs_full(self) -> dict[str, Any]:
         """Constructor arguments replacing the preset's: the config's size, masking and decoder, then `model_kwargs`."""
-        from ml.SiamMAE import decoder_dims
-
         dims = decoder_dims(self.decoder_size)
         names = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads", "decoder_mlp_ratio")
         decoder = {} if dims is None else dict(zip(names, dims))
@@ -220,7 +227,7 @@ class TrainConfig:
     # ------------------------------------------------------------- plain data
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (unknown names are a ValueError)."""
-        _check_field_names(changes)
+        check_field_names(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -230,7 +237,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Rebuild a config from `to_dict` output; names this version does not know are a ValueError."""
-        _check_field_names(data)
+        check_field_names(data)
         return cls(**data)
 
 
@@ -269,7 +276,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _check_field_names(data: dict[str, Any]) -> None:
+def check_field_names(data: dict[str, Any]) -> None:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -277,8 +284,6 @@ def _check_field_names(data: dict[str, Any]) -> None:
 
 
 def _check_device_name(device: str) -> None:
-    import torch
-
     if device == "auto":
         return
     try:
@@ -295,7 +300,7 @@ def field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def _is_optional(tp: Any) -> tuple[bool, Any]:
+def is_optional(tp: Any) -> tuple[bool, Any]:
     """(whether None is allowed, the type without None)."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -306,7 +311,7 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
 def _check_types(config: TrainConfig) -> None:
     for name, tp in field_types().items():
         value = getattr(config, name)
-        optional, base = _is_optional(tp)
+        optional, base = is_optional(tp)
         if value is None:
             if not optional:
                 raise ValueError(f"TrainConfig: {name} must not be None")
@@ -328,138 +333,12 @@ def _check_types(config: TrainConfig) -> None:
         else:
             ok = True
         if not ok:
-            raise ValueError(f"TrainConfig: {name} must be {_type_name(tp)}, got {value!r}")
+            raise ValueError(f"TrainConfig: {name} must be {type_name(tp)}, got {value!r}")
 
 
-def _type_name(tp: Any) -> str:
-    optional, base = _is_optional(tp)
+def type_name(tp: Any) -> str:
+    optional, base = is_optional(tp)
     origin = typing.get_origin(base) or base
     name = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false",
             tuple: "two finite numbers (e.g. 0.5,1.0)", dict: "a Python dict literal"}.get(origin, str(base))
     return f"{name} or None" if optional else name
-
-
-def parse_field_value(name: str, text: str) -> Any:
-    """`text` read as the type of field `name` (ValueError naming the field when it is not of that type).
-
-    Integers must be whole ('1.5' is refused), numbers finite, None is 'None' where allowed, a pair
-    is 'a,b' or '(a, b)', a dict a Python literal.
-    """
-    types_ = field_types()
-    if name not in types_:
-        _check_field_names({name: None})
-    optional, base = _is_optional(types_[name])
-    origin = typing.get_origin(base) or base
-    text = text.strip()
-    if optional and text in ("None", "none", "null"):
-        return None
-    try:
-        if origin is int:
-            value = int(text)
-        elif origin is float:
-            value = float(text)
-            if not math.isfinite(value):
-                raise ValueError
-        elif origin is str:
-            value = text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
-        elif origin is bool:
-            lowered = text.lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            value = lowered in ("true", "1", "yes")
-        elif origin is tuple:
-            parsed = ast.literal_eval(text if text.startswith("(") or text.startswith("[") else f"({text})")
-            value = tuple(float(v) for v in parsed)
-            if len(value) != 2 or not all(math.isfinite(v) for v in value):
-                raise ValueError
-        elif origin is dict:
-            value = ast.literal_eval(text)
-            if not isinstance(value, dict):
-                raise ValueError
-        else:
-            value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError):
-        raise ValueError(f"{name} must be {_type_name(types_[name])}, got {text!r}") from None
-    return value
-
-
-def option_flag(f: dataclasses.Field) -> str:
-    """The command-line flag of a field: its metadata's, else --name-with-dashes."""
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field, with its help text; a given option replaces the preset's value.
-
-    Values stay text here (default None: not given) and are read by `parse_field_value`.
-    """
-    group = parser.add_argument_group("recipe (each replaces the preset's value; also --set FIELD=VALUE)")
-    for f in dataclasses.fields(TrainConfig):
-        group.add_argument(option_flag(f), dest=f"cfg_{f.name}", metavar=f.name.upper(), default=None,
-                           help=f"{f.metadata['help']} [{_type_name(field_types()[f.name])}]")
-
-
-def options_to_changes(args: argparse.Namespace, sets: list[str]) -> dict[str, Any]:
-    """The fields given as options (and as --set FIELD=VALUE), each parsed as its field's type."""
-    changes = {}
-    for f in dataclasses.fields(TrainConfig):
-        text = getattr(args, f"cfg_{f.name}", None)
-        if text is not None:
-            changes[f.name] = parse_field_value(f.name, text)
-    for item in sets:
-        name, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
-        changes[name.strip()] = parse_field_value(name.strip(), text)
-    return changes
-
-
-# ---------------------------------------------------------------- presets
-_PAPER_VIT_S16 = dict(
-    arch="siammae_vit_small_patch16",
-    img_size=224, crop_scale=(0.5, 1.0), min_gap=4, max_gap=48, repeated_sampling=2, mask_ratio=0.95,
-    batch_size=256, total_batch_size=2048,  # 8 GPUs x 256 pairs; fewer GPUs accumulate gradients
-    warmup_epochs=40, blr=1.5e-4, min_lr=0.0, weight_decay=0.05, betas=(0.9, 0.95),
-    precision="auto", num_workers=10, data="dataset/kinetics400", test_max_videos=1000,
-)
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # the paper's main recipe (ViT-S/16 on Kinetics-400); lr = 1.5e-4 * 2048 / 256 = 1.2e-3
-    "paper_vit_s16_400": {**_PAPER_VIT_S16, "epochs": 400, "prefix": "paper_vit_s16_400", "num_epochs_per_save": 20},
-    "paper_vit_s16_2000": {**_PAPER_VIT_S16, "epochs": 2000, "prefix": "paper_vit_s16_2000",
-                           "num_epochs_per_save": 100},
-    # the seed's experiments: the official MAE encoders (downloaded once) trained as SiamMAE encoders
-    **{f"mae_vit_b16_mask{round(100 * r):03d}": {
-        **_PAPER_VIT_S16, "arch": "siammae_vit_base_patch16", "pretrained": "mae_pretrain_vit_base", "mask_ratio": r,
-        "epochs": 400, "prefix": f"mae_vit_b16_mask{round(100 * r):03d}", "num_epochs_per_save": 20}
-       for r in (0.50, 0.75, 0.95)},
-    "mae_vit_l16_mask075": {**_PAPER_VIT_S16, "arch": "siammae_vit_large_patch16",
-                            "pretrained": "mae_pretrain_vit_large", "mask_ratio": 0.75, "batch_size": 128,
-                            "epochs": 400, "prefix": "mae_vit_l16_mask075", "num_epochs_per_save": 20},
-    # the notebook's CPU run on dataset/sample: about 4.5 minutes of training on 2 cores (1,200 steps), long
-    # enough that the decoder relies on f1 and copies from it (the notebook's section 9 measures both)
-    "cpu_demo": dict(
-        arch="siammae_tiny", img_size=112, mask_ratio=0.95, min_gap=4, max_gap=48,
-        repeated_sampling=2, batch_size=4, accum_iter=1, epochs=600, warmup_epochs=30, lr=1e-3, min_lr=1e-5,
-        weight_decay=0.05, betas=(0.9, 0.95), precision="fp32", num_workers=0, data="dataset/sample",
-        prefix="cpu_demo", num_epochs_per_save=100, print_every=25,
-    ),
-    # a seconds-long check that the whole path runs (tests, the notebook's quick setting)
-    "quick": dict(
-        arch="siammae_tiny", img_size=64, mask_ratio=0.75, min_gap=4, max_gap=48,
-        repeated_sampling=2, batch_size=4, accum_iter=1, epochs=2, warmup_epochs=1, lr=1e-3, min_lr=0.0,
-        weight_decay=0.05, betas=(0.9, 0.95), precision="fp32", num_workers=0, data="dataset/sample",
-        prefix="quick", num_epochs_per_save=1,
-    ),
-}
-
-# the notebook's settings (SIAMMAE_SETTING / `python -m ml.demo --setting`) and the preset each runs
-NOTEBOOK_SETTINGS: dict[str, str] = {"quick": "quick", "demo": "cpu_demo", "paper": "paper_vit_s16_400"}
-
-
-def get_preset(name: str, **overrides: Any) -> TrainConfig:
-    """The TrainConfig of preset `name` with `overrides` applied (unknown preset or field: ValueError)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown training preset {name!r}; valid: {', '.join(PRESETS)}")
-    _check_field_names(overrides)
-    return TrainConfig(**{**PRESETS[name], **overrides})

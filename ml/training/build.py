@@ -1,0 +1,91 @@
+"""The data and the model of a run, built from its TrainConfig (configuration flows one way: config -> these).
+
+    model = build_model(config)                  # preset `arch` with the config's size, decoder and masking
+    loader = make_train_loader(config)           # batch_size / repeated_sampling videos per batch, full batches
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataset_loader.dataset import KineticsFramePairs, find_videos
+from dataset_loader.loader import make_pair_loader
+from mae.pretrained import resolve_pretrained
+from ml.model import SiamMAE, create_model
+from ml.training.config import TrainConfig
+from ml.training.distributed import get_world_size
+
+
+def build_model(config: TrainConfig) -> SiamMAE:
+    """The config's model: preset `arch` with `config.model_kwargs_full()`, encoder from `pretrained` if set
+    (a file, or the name of an official MAE checkpoint, downloaded once into checkpoints/mae)."""
+    pretrained = resolve_pretrained(config.pretrained) if config.pretrained else None
+    return create_model(config.arch, pretrained=pretrained, **config.model_kwargs_full())
+
+
+SUBSET_SEED = 0  # `max_videos` draws its subset with this seed: the same videos whatever the run's seed
+
+
+def training_videos(config: TrainConfig) -> list[Path] | str:
+    """The training split's videos: all of `data`, or the `max_videos` of them drawn once with SUBSET_SEED."""
+    if config.max_videos is None:
+        return config.data
+    videos = find_videos(config.data, config.train_split).paths
+    if config.max_videos >= len(videos):
+        return videos
+    chosen = np.random.default_rng(SUBSET_SEED).choice(len(videos), config.max_videos, replace=False)
+    return [videos[i] for i in sorted(chosen)]
+
+
+def make_train_dataset(config: TrainConfig) -> KineticsFramePairs:
+    return KineticsFramePairs(
+        training_videos(config), split=config.train_split, img_size=config.img_size, scale=config.crop_scale,
+        augment=True, repeated_sampling=config.repeated_sampling, min_gap=config.min_gap, max_gap=config.max_gap,
+        seed=config.seed, output="uint8" if config.uint8_batches else "float",
+    )
+
+
+def make_train_loader(config: TrainConfig, distributed: bool | None = None) -> torch.utils.data.DataLoader:
+    """The training loader of a config: `batch_size / repeated_sampling` videos per batch, shuffled, full batches;
+    an epoch reads 1 / repeated_sampling of the videos (as many pairs as there are videos)."""
+    dataset = make_train_dataset(config)
+    distributed = get_world_size() > 1 if distributed is None else distributed
+    check_batch_fits(len(dataset), config, get_world_size() if distributed else 1)
+    return make_pair_loader(dataset, batch_size=config.videos_per_batch, num_workers=config.num_workers,
+                            seed=config.seed, shuffle=True, drop_last=True, distributed=distributed,
+                            parts=config.repeated_sampling)
+
+
+def make_test_loader(config: TrainConfig, distributed: bool | None = None) -> torch.utils.data.DataLoader | None:
+    """Held-out pairs for the per-epoch test loss: fixed pairs, no augmentation (None without a test split)."""
+    if config.test_split is None:
+        return None
+    videos = find_videos(config.data, config.test_split).paths
+    if config.test_max_videos is not None and len(videos) > config.test_max_videos:
+        stride = len(videos) / config.test_max_videos  # evenly spaced, the same videos in every run
+        videos = [videos[int(i * stride)] for i in range(config.test_max_videos)]
+    dataset = KineticsFramePairs(
+        videos, split=config.test_split, img_size=config.img_size, augment=False, repeated_sampling=1,
+        min_gap=config.min_gap, max_gap=config.max_gap, fixed_pairs=True, seed=config.seed,
+        output="uint8" if config.uint8_batches else "float",
+    )
+    distributed = get_world_size() > 1 if distributed is None else distributed
+    return make_pair_loader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
+                            seed=config.seed, shuffle=False, drop_last=False, distributed=distributed)
+
+
+def check_batch_fits(num_videos: int, config: TrainConfig, world_size: int = 1) -> None:
+    """ValueError when one optimiser step needs more videos than an epoch reads (N / repeated_sampling)."""
+    accum = config.accum_steps(world_size)
+    needed = config.videos_per_batch * world_size * accum
+    per_epoch = config.videos_per_epoch(num_videos)
+    if needed > per_epoch:
+        raise ValueError(
+            f"batch_size: one optimiser step needs {needed} videos ({config.videos_per_batch} per batch = "
+            f"{config.batch_size} pairs / repeated_sampling {config.repeated_sampling}, x {world_size} process(es) "
+            f"x {accum} accumulation) but an epoch reads {per_epoch} (the {num_videos} videos of split "
+            f"'{config.train_split}' / repeated_sampling): lower the batch size"
+        )
