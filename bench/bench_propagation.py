@@ -30,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 import mae  # noqa: F401  (first: makes torchvision importable for timm on a CPU-only torch)
 from bench import REPO, sync_device
 from ml.eval.data import read_label_png, write_synthetic_davis
 from ml.eval.features import FeatureExtractor, labels_from_grid, labels_to_grid, load_frame
 from ml.eval.propagation import DEFAULT_MAX_AFFINITY_ELEMENTS, LabelPropagator
-from ml.eval.protocols import PROTOCOLS, get_protocol
+from ml.eval.protocols import PROTOCOLS, Protocol, get_protocol
 from ml.model import create_model
 from ml.training.config import TrainConfig
 
@@ -57,6 +58,42 @@ def _rss_mib(field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def _first_labels(annotation: Path | None, image_hw: tuple[int, int]) -> np.ndarray:
+    """The first frame's label ids: the annotation's, or two made-up objects (speed does not depend on them)."""
+    if annotation is not None:
+        return read_label_png(annotation)[0]
+    ids = np.zeros(image_hw, np.uint8)
+    ids[: image_hw[0] // 2, : image_hw[1] // 3] = 1
+    ids[image_hw[0] // 2:, image_hw[1] // 2:] = 2
+    return ids
+
+
+def _time_propagation(extractor: FeatureExtractor, frames: list[torch.Tensor], ids: np.ndarray,
+                      size_hw: tuple[int, int], config: Protocol, dev: torch.device,
+                      ) -> tuple[list[float], list[float], list[float]]:
+    """One pass over the sequence: per frame after the first, seconds to encode, to propagate, and CPU seconds."""
+    encode_s, propagate_s, cpu_s = [], [], []
+    num_labels = int(ids[ids != 255].max()) + 1
+    sync_device(dev)
+    feats = extractor(frames[0][None])[0]
+    first = labels_to_grid(ids, num_labels, size_hw, tuple(feats.shape[:2]), config).to(dev)
+    propagator = LabelPropagator(feats, first, config)
+    for frame in frames[1:]:
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        feats = extractor(frame[None])[0]
+        sync_device(dev)
+        t1 = time.perf_counter()
+        soft = propagator.step(feats)
+        labels_from_grid(soft, size_hw, ids.shape, config).cpu()
+        sync_device(dev)
+        t2 = time.perf_counter()
+        encode_s.append(t1 - t0)
+        propagate_s.append(t2 - t1)
+        cpu_s.append(time.process_time() - c0)
+    return encode_s, propagate_s, cpu_s
+
+
 def benchmark_sequence(
     frame_paths: list[Path],
     first_annotation: Path | None,
@@ -73,9 +110,6 @@ def benchmark_sequence(
     size None: the protocol's input size; (H, W) replaces it. Without an annotation, the first frame
     gets two made-up objects (speed does not depend on the labels).
     """
-    from PIL import Image
-
-
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -87,45 +121,16 @@ def benchmark_sequence(
         image_hw = (img.height, img.width)
     size_hw = extractor.input_size(image_hw)
     frames = [load_frame(p, size_hw, config.resize) for p in frame_paths]
-    if first_annotation is not None:
-        ids, _ = read_label_png(first_annotation)
-    else:
-        ids = np.zeros(image_hw, np.uint8)
-        ids[: image_hw[0] // 2, : image_hw[1] // 3] = 1
-        ids[image_hw[0] // 2:, image_hw[1] // 2:] = 2
-    num_labels = int(ids[ids != 255].max()) + 1
-    labels_hw = ids.shape
+    ids = _first_labels(first_annotation, image_hw)
     rss_before = _rss_mib()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
-    def one_run() -> tuple[list[float], list[float], list[float]]:
-        encode_s, propagate_s, cpu_s = [], [], []
-        sync_device(dev)
-        feats = extractor(frames[0][None])[0]
-        grid = tuple(feats.shape[:2])
-        first = labels_to_grid(ids, num_labels, size_hw, grid, config).to(dev)
-        propagator = LabelPropagator(feats, first, config)
-        for frame in frames[1:]:
-            c0 = time.process_time()
-            t0 = time.perf_counter()
-            feats = extractor(frame[None])[0]
-            sync_device(dev)
-            t1 = time.perf_counter()
-            soft = propagator.step(feats)
-            labels_from_grid(soft, size_hw, labels_hw, config).cpu()
-            sync_device(dev)
-            t2 = time.perf_counter()
-            encode_s.append(t1 - t0)
-            propagate_s.append(t2 - t1)
-            cpu_s.append(time.process_time() - c0)
-        return encode_s, propagate_s, cpu_s
-
     if warmup:
-        one_run()
+        _time_propagation(extractor, frames, ids, size_hw, config, dev)
     encode_all, propagate_all, cpu_all = [], [], []
     for _ in range(runs):
-        e, p, c = one_run()
+        e, p, c = _time_propagation(extractor, frames, ids, size_hw, config, dev)
         encode_all += e
         propagate_all += p
         cpu_all += c
@@ -133,16 +138,9 @@ def benchmark_sequence(
     grid = (size_hw[0] // extractor.patch_size, size_hw[1] // extractor.patch_size)
     keys = grid[0] * grid[1] * (1 + min(config.queue_length, len(frames) - 1))
     result = {
-        "protocol": protocol,
-        "arch": arch,
-        "device": str(dev),
-        "torch_threads": torch.get_num_threads(),
-        "frames": len(frames),
-        "frame_size": list(image_hw),
-        "encoder_input": list(size_hw),
-        "grid": list(grid),
-        "runs": runs,
-        "timed_frames": len(total),
+        "protocol": protocol, "arch": arch, "device": str(dev), "torch_threads": torch.get_num_threads(),
+        "frames": len(frames), "frame_size": list(image_hw), "encoder_input": list(size_hw), "grid": list(grid),
+        "runs": runs, "timed_frames": len(total),
         "encode_s_per_frame": statistics.median(encode_all),
         "propagate_s_per_frame": statistics.median(propagate_all),
         "total_s_per_frame": statistics.median(total),

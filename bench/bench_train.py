@@ -222,6 +222,35 @@ def model_of(spec: str) -> SiamMAE:
     return create_model(arch, **kwargs)
 
 
+def _warm_up_counting_flops(steppers: dict[str, Stepper], warmup: int) -> dict[str, int]:
+    """`warmup` untimed steps of each variant, taken in turns; the FLOPs of each variant's first step."""
+    flops = {}
+    for i in range(warmup):
+        for name, stepper in steppers.items():
+            with (FlopCounterMode(display=False, custom_mapping=attention_flop_formulas()) if i == 0
+                  else nullcontext()) as counter:
+                stepper.step()
+            if i == 0:
+                flops[name] = counter.get_total_flops()
+    return flops
+
+
+def _timed_steps(steppers: dict[str, Stepper], peak: PeakMatmul, runs: int,
+                 ) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
+    """`runs` timed steps of each variant in turns, and the matmul peak sampled after each round:
+    -> (forward + backward seconds, optimiser seconds) per variant, peaks in FLOP/s."""
+    fwd_bwd_s: dict[str, list[float]] = {name: [] for name in steppers}
+    opt_s: dict[str, list[float]] = {name: [] for name in steppers}
+    peaks = []
+    for _ in range(runs):
+        for name, stepper in steppers.items():
+            fb, op = stepper.step()
+            fwd_bwd_s[name].append(fb)
+            opt_s[name].append(op)
+        peaks.append(peak.sample(repeats=3))
+    return fwd_bwd_s, opt_s, peaks
+
+
 def benchmark_preset(
     arch: str, batch: int, runs: int, warmup: int, device: torch.device, bf16: bool, baseline: bool,
     profile_ops: bool = True,
@@ -242,27 +271,10 @@ def benchmark_preset(
     steppers = {name: Stepper(module, f1, f2, autocast_dtype) for name, module in variants.items()}
     peak = PeakMatmul(device, torch.bfloat16 if bf16 else torch.float32)
 
-    flops = {}
-    for i in range(warmup):  # the first warm-up step of each variant is counted
-        for name, stepper in steppers.items():
-            with (FlopCounterMode(display=False, custom_mapping=attention_flop_formulas()) if i == 0
-                  else nullcontext()) as counter:
-                stepper.step()
-            if i == 0:
-                flops[name] = counter.get_total_flops()
+    flops = _warm_up_counting_flops(steppers, warmup)
     counted = {name: flop_counted_time(s) for name, s in steppers.items()} if profile_ops else {}
-
-    step_s = {name: [] for name in steppers}
-    fwd_bwd_s = {name: [] for name in steppers}
-    opt_s = {name: [] for name in steppers}
-    peaks = []
-    for _ in range(runs):
-        for name, stepper in steppers.items():
-            fb, op = stepper.step()
-            fwd_bwd_s[name].append(fb)
-            opt_s[name].append(op)
-            step_s[name].append(fb + op)
-        peaks.append(peak.sample(repeats=3))
+    fwd_bwd_s, opt_s, peaks = _timed_steps(steppers, peak, runs)
+    step_s = {name: [fb + op for fb, op in zip(fwd_bwd_s[name], opt_s[name])] for name in steppers}
 
     rows = []
     for name in steppers:

@@ -302,17 +302,24 @@ class VideoReader:
                 if took and fast and not stand_ins and self._jump_target(last_index, todo[0]):
                     self._seek(todo[0])
                     break
-            else:  # end of stream
-                if fast:  # skipped frames may have been the last ones: count them in a plain decode
-                    return None
-                if corrupt:
-                    raise _DecodeFromStartError
-                if all(w in stand_ins for w in todo):
-                    for w in todo:
-                        frames[w] = stand_ins[w][1].to_ndarray(format="rgb24")
-                    return frames
-                raise VideoTooShortError(f"{self.path} ends at frame {last_index}, before frame {todo[0]}",
-                                         num_frames=last_index + 1)
+            else:
+                return self._at_end_of_stream(frames, todo, stand_ins, last_index, fast, corrupt)
+
+    def _at_end_of_stream(self, frames: dict[int, np.ndarray], todo: list[int],
+                          stand_ins: dict[int, tuple[int, av.VideoFrame]], last_index: int, fast: bool,
+                          corrupt: bool) -> dict[int, np.ndarray] | None:
+        """The stream ended with `todo` still wanted: their stand-ins, None (decode again without skipping), or
+        the error that says why not."""
+        if fast:  # skipped frames may have been the last ones: count them in a plain decode
+            return None
+        if corrupt:
+            raise _DecodeFromStartError
+        if all(w in stand_ins for w in todo):
+            for w in todo:
+                frames[w] = stand_ins[w][1].to_ndarray(format="rgb24")
+            return frames
+        raise VideoTooShortError(f"{self.path} ends at frame {last_index}, before frame {todo[0]}",
+                                 num_frames=last_index + 1)
 
     def close(self) -> None:
         self.container.close()

@@ -79,6 +79,16 @@ def show_progress(progress: bool | None) -> bool:
 
 
 # ---------------------------------------------------------------- one epoch
+def iterations_per_epoch(num_batches: int, accum_iter: int) -> int:
+    """Iterations one epoch runs: the loader's batches down to whole optimiser steps (ValueError when none fits)."""
+    iterations = num_batches // accum_iter * accum_iter
+    if iterations == 0:
+        raise ValueError(f"batch_size: the data loader yields {num_batches} batch(es) per epoch per process, fewer "
+                         f"than the {accum_iter} iteration(s) of one optimiser step: lower the batch size or "
+                         f"accum_iter")
+    return iterations
+
+
 def train_one_epoch(
     data_loader: Iterable,
     optimizer: torch.optim.Optimizer,
@@ -108,19 +118,12 @@ def train_one_epoch(
     """
     device = torch.device(device)
     precision = resolve_precision(precision, device)
-    if scaler is None:
-        scaler = make_grad_scaler(precision, device)
-    num_iters = len(data_loader) // accum_iter * accum_iter
-    if num_iters == 0:
-        raise ValueError(f"the data loader yields {len(data_loader)} batch(es) per epoch, fewer than the "
-                         f"{accum_iter} iterations of one optimiser step: lower the batch size or accum_iter")
-    world = get_world_size()
+    scaler = scaler if scaler is not None else make_grad_scaler(precision, device)
+    num_iters = iterations_per_epoch(len(data_loader), accum_iter)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     losses: list[float] = []
-    pairs_seen, start = 0, time.perf_counter()
-    bar = tqdm(total=num_iters, desc=f"epoch {epoch + 1}", disable=not show_progress(progress),
-               leave=False, dynamic_ncols=True)
+    bar = _EpochProgress(num_iters, epoch, progress)
     try:
         for it, (f1, f2) in enumerate(data_loader):
             if it >= num_iters:
@@ -128,41 +131,74 @@ def train_one_epoch(
             lr = float(optimizer.param_groups[0]["lr"])
             step_now = (it + 1) % accum_iter == 0
             f1, f2 = to_model_input(f1, device), to_model_input(f2, device)
-            no_sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not step_now else nullcontext()
-            with no_sync:
-                with autocast(precision, device):
-                    loss, _, _ = model(f1, f2)
-                # every process sees the same (summed) values, so all of them stop together
-                stop_flag = float(bool(should_stop and should_stop()))
-                total, stops = all_reduce_sum([loss.item(), stop_flag], device)
-                loss_value = total / world
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(
-                        f"loss is {loss_value} at epoch {epoch + 1}, iteration {it} of {num_iters} "
-                        f"(step {epoch * num_iters + it} of the run); training stopped before updating with it"
-                    )
-                scaler.scale(loss / accum_iter).backward()
+            loss_value, stops = forward_backward(model, f1, f2, scaler, precision, device, accum_iter, step_now,
+                                                 stop_asked=bool(should_stop and should_stop()),
+                                                 where=f"epoch {epoch + 1}, iteration {it} of {num_iters} (step "
+                                                       f"{epoch * num_iters + it} of the run)")
             if step_now:
-                if clip_grad is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if scheduler is not None:
-                    scheduler.step()
+                optimizer_step(model, optimizer, scheduler, scaler, clip_grad)
             losses.append(loss_value)
             if log is not None:
                 log(epoch + 1, epoch * num_iters + it, lr, loss_value)
-            pairs_seen += f1.shape[0] * world
-            rate = pairs_seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", pairs_s=f"{rate:.1f}", refresh=False)
-            bar.update()
+            bar.update(loss_value, lr, pairs=f1.shape[0] * get_world_size())
             if step_now and stops > 0:
                 raise TrainingStopped(f"stopped at epoch {epoch + 1}, iteration {it + 1} of {num_iters}")
     finally:
         bar.close()
     return losses
+
+
+def forward_backward(
+    model: nn.Module, f1: torch.Tensor, f2: torch.Tensor, scaler: torch.amp.GradScaler, precision: str,
+    device: torch.device, accum_iter: int, step_now: bool, stop_asked: bool, where: str,
+) -> tuple[float, float]:
+    """The loss of one batch and its gradients; -> (loss averaged over processes, processes asking to stop).
+
+    Gradients are synchronised between processes only on the iteration that steps. A non-finite loss
+    raises FloatingPointError naming `where`, before its gradients exist.
+    """
+    sync = step_now or not isinstance(model, DistributedDataParallel)
+    with nullcontext() if sync else model.no_sync():
+        with autocast(precision, device):
+            loss, _, _ = model(f1, f2)
+        # every process sees the same (summed) values, so all of them stop together
+        total, stops = all_reduce_sum([loss.item(), float(stop_asked)], device)
+        loss_value = total / get_world_size()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at {where}; training stopped before updating with it")
+        scaler.scale(loss / accum_iter).backward()
+    return loss_value, stops
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   scaler: torch.amp.GradScaler, clip_grad: float | None) -> None:
+    """Clip (optionally), step the optimiser through the gradient scaler, clear the gradients, step the schedule."""
+    if clip_grad is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+
+
+class _EpochProgress:
+    """The epoch's progress bar (rank 0, interactive sessions): loss, learning rate and pairs per second."""
+
+    def __init__(self, total: int, epoch: int, progress: bool | None) -> None:
+        self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}", disable=not show_progress(progress), leave=False,
+                        dynamic_ncols=True)
+        self.pairs, self.start = 0, time.perf_counter()
+
+    def update(self, loss: float, lr: float, pairs: int) -> None:
+        self.pairs += pairs
+        rate = self.pairs / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", pairs_s=f"{rate:.1f}", refresh=False)
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 # ---------------------------------------------------------------- held-out loss

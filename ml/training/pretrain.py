@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from ml.training.distributed import (
 from ml.training.engine import (
     TrainingStopped,
     evaluate_loss,
+    iterations_per_epoch,
     make_grad_scaler,
     resolve_precision,
     train_one_epoch,
@@ -111,18 +113,54 @@ def train(
     # -- every check before any file is written
     if stop_after_epoch is not None and stop_after_epoch < 1:
         raise ValueError(f"stop_after_epoch must be >= 1, got {stop_after_epoch}")
-    world = get_world_size()
+    run_config = config.resolved(get_world_size())
+    device, precision = _device_and_precision(run_config)
+    run = Run.of(config)
+    run.check_writable()
+    train_loader, test_loader, model = _data_and_model(config, model, train_loader, test_loader)
+    steps_per_epoch = iterations_per_epoch(len(train_loader), run_config.accum_iter) // run_config.accum_iter
+
+    # -- the run folder: lock, leftovers of dead processes, where to start (rank 0 decides for all)
+    start_from = _open_run(run, run_config, resume, device)
+    try:
+        with stop_on_signals() as stop:
+            state = _restore(run, run_config, model, train_loader, test_loader, start_from, device, precision,
+                             steps_per_epoch)
+            if state.start_epoch >= run_config.epochs:
+                print_main(f"{run_config.prefix}: all {run_config.epochs} epochs are done already")
+                return state.module
+            _begin(state, start_from)
+            try:
+                for epoch in range(state.start_epoch, run_config.epochs):
+                    if _run_epoch(state, epoch, stop, stop_after_epoch, progress):
+                        break
+            finally:
+                if state.board is not None:
+                    state.board.close()
+            return state.module
+    finally:
+        if is_main_process():
+            run.close_logs()
+            run.release_lock()
+
+
+def _device_and_precision(config: TrainConfig) -> tuple[torch.device, str]:
+    """This process's device (its GPU under torchrun) and the resolved precision; TF32 on for CUDA."""
     try:
         device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", 0)))
     except ValueError as err:
         raise ValueError(f"device: {err}") from None
-    run_config = config.resolved(world)
-    precision = resolve_precision(run_config.precision, device)
+    precision = resolve_precision(config.precision, device)
     if device.type == "cuda":  # TF32 tensor cores for fp32 matmuls (bf16 autocast covers most of the step)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    run = Run.of(config)
-    run.check_writable()
+    return device, precision
+
+
+def _data_and_model(config: TrainConfig, model: nn.Module | None, train_loader: Any, test_loader: Any,
+                    ) -> tuple[Any, Any, nn.Module]:
+    """The loaders and the model of the run: built from the config, or checked against it when passed in."""
+    world = get_world_size()
     if train_loader is None:
         if not Path(config.data).exists():
             raise FileNotFoundError(f"data: {config.data} does not exist (see dataset/README.md)")
@@ -138,23 +176,7 @@ def train(
         model = build_model(config)
     else:
         _check_model(config, model)
-    accum = run_config.accum_iter
-    iters_per_epoch = len(train_loader) // accum * accum
-    if iters_per_epoch == 0:
-        raise ValueError(f"batch_size: the data loader yields {len(train_loader)} batch(es) per epoch per process, "
-                         f"fewer than one optimiser step ({accum} iterations): lower the batch size")
-    steps_per_epoch = iters_per_epoch // accum
-
-    # -- the run folder: lock, leftovers of dead processes, where to start (rank 0 decides for all)
-    start_from = _open_run(run, run_config, resume, device)
-    try:
-        with stop_on_signals() as stop:
-            return _train_epochs(run, run_config, model, train_loader, test_loader, start_from, device, precision,
-                                 steps_per_epoch, stop, stop_after_epoch, progress)
-    finally:
-        if is_main_process():
-            run.close_logs()
-            run.release_lock()
+    return train_loader, test_loader, model
 
 
 def _open_run(run: Run, config: TrainConfig, resume: str | os.PathLike | None, device: torch.device) -> Path | None:
@@ -183,86 +205,121 @@ def _open_run(run: Run, config: TrainConfig, resume: str | os.PathLike | None, d
     return chosen
 
 
-def _train_epochs(
-    run: Run, config: TrainConfig, model: nn.Module, train_loader: Any, test_loader: Any, start_from: Path | None,
-    device: torch.device, precision: str, steps_per_epoch: int, stop: StopRequest, stop_after_epoch: int | None,
-    progress: bool | None,
-) -> nn.Module:
-    rank, world = get_rank(), get_world_size()
+@dataclass
+class _State:
+    """What the epoch loop works with: the run, the model in its wrappers, optimiser, schedule, data, logging."""
+
+    run: Run
+    config: TrainConfig
+    model: nn.Module  # as passed in or built (possibly DDP-wrapped already)
+    module: nn.Module  # the SiamMAE itself
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    precision: str
+    steps_per_epoch: int
+    train_loader: Any
+    test_loader: Any
+    start_epoch: int
+    start_step: int
+    rng_state: dict | None
+    ddp_model: nn.Module | None = None  # the held-out loss runs through it; the steps through `step_model`
+    step_model: nn.Module | None = None
+    board: TensorBoard | None = None
+    log: Any = None
+
+
+def _restore(run: Run, config: TrainConfig, model: nn.Module, train_loader: Any, test_loader: Any,
+             start_from: Path | None, device: torch.device, precision: str, steps_per_epoch: int) -> _State:
+    """Optimiser, scaler and schedule of the run, with weights, moments and position from `start_from` if any."""
     module = unwrap_model(model).to(device)
     optimizer = make_optimizer(module, config.lr, config.weight_decay, config.betas)
     scaler = make_grad_scaler(precision, device)
     start_epoch, start_step, rng_state = 0, 0, None
     if start_from is not None:
-        start_epoch, start_step, rng_state = _load_state(start_from, module, optimizer, scaler, world, rank)
+        start_epoch, start_step, rng_state = _load_state(start_from, module, optimizer, scaler, get_world_size(),
+                                                         get_rank())
         print_main(f"resuming {config.prefix} from {start_from}: epoch {start_epoch} done, step {start_step}")
     scheduler = make_scheduler(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch,
                                warmup_steps=round(config.warmup_epochs * steps_per_epoch), min_lr=config.min_lr,
                                start_step=start_step)
-    if start_epoch >= config.epochs:
-        print_main(f"{config.prefix}: all {config.epochs} epochs are done already")
-        return module
+    return _State(run, config, model, module, optimizer, scheduler, scaler, device, precision, steps_per_epoch,
+                  train_loader, test_loader, start_epoch, start_step, rng_state)
+
+
+def _begin(state: _State, start_from: Path | None) -> None:
+    """Open the logs, wrap the model for the processes (DDP) and the compiler, seed or restore the random
+    streams, and say what the run is about to do."""
+    config, rank, world = state.config, get_rank(), get_world_size()
     if is_main_process():
-        run.open_logs(start_from)
-    sampler = getattr(train_loader, "sampler", None)
+        state.run.open_logs(start_from)
+    sampler = getattr(state.train_loader, "sampler", None)
     if world > 1 and getattr(sampler, "world", 1) != world and rank == 0:
         warnings.warn("the data loader does not shard the videos over the processes: every process trains on the "
                       "same batches (build it with make_train_loader or make_pair_loader(..., distributed=True))",
-                      stacklevel=3)
-    ddp_model = model
-    if world > 1 and not isinstance(model, DistributedDataParallel):
-        ddp_model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    step_model = compiled(ddp_model) if config.compile else ddp_model
-    board = TensorBoard(run, config, start_step) if config.tensorboard and is_main_process() else None
-    log = board.wrap(run.log_train) if board is not None else (run.log_train if is_main_process() else None)
-    if rng_state is not None:
-        restore_rng_state(rng_state, train_loader)
+                      stacklevel=4)
+    state.ddp_model = state.model
+    if world > 1 and not isinstance(state.model, DistributedDataParallel):
+        device_ids = [state.device.index] if state.device.type == "cuda" else None
+        state.ddp_model = DistributedDataParallel(state.module, device_ids=device_ids)
+    state.step_model = compiled(state.ddp_model) if config.compile else state.ddp_model
+    if config.tensorboard and is_main_process():
+        state.board = TensorBoard(state.run, config, state.start_step)
+    state.log = state.run.log_train if is_main_process() else None
+    if state.board is not None:
+        state.log = state.board.wrap(state.run.log_train)
+    if state.rng_state is not None:
+        restore_rng_state(state.rng_state, state.train_loader)
     else:
-        seed_everything(config.seed + rank + start_epoch * world)  # a different mask stream per process
-    print_main(f"{config.prefix}: {config.arch}, epochs {start_epoch + 1}-{config.epochs}, "
-         f"{steps_per_epoch * config.accum_iter} iterations of {config.batch_size} pairs x {world} process(es) per "
-         f"epoch, accumulation {config.accum_iter} -> effective batch {config.effective_batch_size(world)}, "
-         f"peak lr {config.lr:.3g}, {precision} on {device}{', compiled' if config.compile else ''}; checkpoints in "
-         f"{run.checkpoint_dir}")
+        seed_everything(config.seed + rank + state.start_epoch * world)  # a different mask stream per process
+    compiled_text = ", compiled" if config.compile else ""
+    print_main(f"{config.prefix}: {config.arch}, epochs {state.start_epoch + 1}-{config.epochs}, "
+               f"{state.steps_per_epoch * config.accum_iter} iterations of {config.batch_size} pairs x {world} "
+               f"process(es) per epoch, accumulation {config.accum_iter} -> effective batch "
+               f"{config.effective_batch_size(world)}, peak lr {config.lr:.3g}, {state.precision} on {state.device}"
+               f"{compiled_text}; checkpoints in {state.run.checkpoint_dir}")
+
+
+def _run_epoch(state: _State, epoch: int, stop: StopRequest, stop_after_epoch: int | None,
+               progress: bool | None) -> bool:
+    """Train epoch `epoch` (0-based), check, log and save it; True when the run should return now."""
+    config, run = state.config, state.run
+    start = time.perf_counter()
+    set_loader_epoch(state.train_loader, epoch)
     try:
-        for epoch in range(start_epoch, config.epochs):
-            start = time.perf_counter()
-            set_loader_epoch(train_loader, epoch)
-            try:
-                losses = train_one_epoch(
-                    train_loader, optimizer, scheduler, device, step_model, epoch=epoch, scaler=scaler,
-                    precision=precision, accum_iter=config.accum_iter, clip_grad=config.clip_grad,
-                    log=log, should_stop=stop, progress=progress,
-                )
-            except FloatingPointError as err:
-                raise DivergedError(f"{err}; {_where_to_resume(run)}") from None
-            except TrainingStopped as err:
-                raise TrainingStopped(f"{config.prefix}: {err} ({stop.signal_name or 'interrupted'}); nothing of this "
-                                      f"epoch was saved. {_where_to_resume(run, diverged=False)}") from None
-            test_loss = None
-            if test_loader is not None:
-                test_loss = evaluate_loss(ddp_model, test_loader, device, precision=precision)
-            _check_finite(run, module, test_loss, epoch)
-            if is_main_process() and test_loss is not None:
-                run.log_test(epoch + 1, test_loss)
-            if board is not None:
-                board.epoch(epoch + 1, test_loss, module, test_loader if test_loader is not None else train_loader)
-            _save_epoch(run, config, module, optimizer, scheduler, scaler, epoch + 1, train_loader, world)
-            test_text = f", test loss {test_loss:.4f}" if test_loss is not None else ""
-            last_of_call = epoch + 1 == config.epochs or epoch + 1 == stop_after_epoch or stop()
-            if (epoch + 1) % config.print_every == 0 or epoch == start_epoch or last_of_call:
-                print_main(f"epoch {epoch + 1}/{config.epochs}: train loss {sum(losses) / len(losses):.4f}{test_text}, "
-                           f"lr {optimizer.param_groups[0]['lr']:.3g}, {time.perf_counter() - start:.1f} s")
-            if stop():
-                raise TrainingStopped(f"{config.prefix}: stopped after epoch {epoch + 1} ({stop.signal_name}); "
-                                      f"{_where_to_resume(run, diverged=False)}")
-            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
-                print_main(f"stopping after epoch {epoch + 1} as asked; resume='auto' continues the run")
-                break
-    finally:
-        if board is not None:
-            board.close()
-    return module
+        losses = train_one_epoch(
+            state.train_loader, state.optimizer, state.scheduler, state.device, state.step_model, epoch=epoch,
+            scaler=state.scaler, precision=state.precision, accum_iter=config.accum_iter, clip_grad=config.clip_grad,
+            log=state.log, should_stop=stop, progress=progress,
+        )
+    except FloatingPointError as err:
+        raise DivergedError(f"{err}; {_where_to_resume(run)}") from None
+    except TrainingStopped as err:
+        raise TrainingStopped(f"{config.prefix}: {err} ({stop.signal_name or 'interrupted'}); nothing of this "
+                              f"epoch was saved. {_where_to_resume(run, diverged=False)}") from None
+    test_loss = None
+    if state.test_loader is not None:
+        test_loss = evaluate_loss(state.ddp_model, state.test_loader, state.device, precision=state.precision)
+    _check_finite(run, state.module, test_loss, epoch)
+    if is_main_process() and test_loss is not None:
+        run.log_test(epoch + 1, test_loss)
+    if state.board is not None:
+        state.board.epoch(epoch + 1, test_loss, state.module,
+                          state.test_loader if state.test_loader is not None else state.train_loader)
+    _save_epoch(state, epoch + 1)
+    test_text = f", test loss {test_loss:.4f}" if test_loss is not None else ""
+    last_of_call = epoch + 1 == config.epochs or epoch + 1 == stop_after_epoch or stop()
+    if (epoch + 1) % config.print_every == 0 or epoch == state.start_epoch or last_of_call:
+        print_main(f"epoch {epoch + 1}/{config.epochs}: train loss {sum(losses) / len(losses):.4f}{test_text}, "
+                   f"lr {state.optimizer.param_groups[0]['lr']:.3g}, {time.perf_counter() - start:.1f} s")
+    if stop():
+        raise TrainingStopped(f"{config.prefix}: stopped after epoch {epoch + 1} ({stop.signal_name}); "
+                              f"{_where_to_resume(run, diverged=False)}")
+    if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
+        print_main(f"stopping after epoch {epoch + 1} as asked; resume='auto' continues the run")
+        return True
+    return False
 
 
 def _load_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -324,26 +381,24 @@ def _where_to_resume(run: Run, diverged: bool = True) -> str:
     return f"The newest checkpoint with a finite state is {newest} (epoch {epoch}): resume from it{advice}."
 
 
-def _save_epoch(
-    run: Run, config: TrainConfig, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-    scaler: torch.amp.GradScaler, epochs_done: int, data_loader: Any, world: int,
-) -> None:
+def _save_epoch(state: _State, epochs_done: int) -> None:
     """checkpoint-<epoch>.pth when due and checkpoint-last.pth, written by rank 0 with every rank's RNG state."""
-    rng_states = all_gather_objects(capture_rng_state(data_loader))  # collective: every rank takes part
+    rng_states = all_gather_objects(capture_rng_state(state.train_loader))  # collective: every rank takes part
     if is_main_process():
-        state = {
+        config, module = state.config, state.module
+        checkpoint = {
             "model": module.state_dict(),
             "model_args": dict(module.model_args),
             "config": config.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scaler": state.scaler.state_dict(),
             "epoch": epochs_done,
-            "step": scheduler.last_epoch,
-            "world_size": world,
+            "step": state.scheduler.last_epoch,
+            "world_size": get_world_size(),
             "rng": rng_states,
         }
         due = epochs_done % config.num_epochs_per_save == 0 or epochs_done == config.epochs
-        run.save(state, epochs_done, numbered=due)
+        state.run.save(checkpoint, epochs_done, numbered=due)
     barrier()
 
 
