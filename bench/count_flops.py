@@ -1,6 +1,6 @@
 """Parameter counts and forward FLOPs of the SiamMAE presets (the README's table).
 
-    python -m bench.count_flops [--img-size 224] [--mask-ratio 0.95]
+    python -m bench.count_flops [--img-size 224] [--mask-ratio R]
 
 Models are built on the meta device (no memory, no weights), so the large presets cost nothing.
 FLOPs are counted by torch.utils.flop_counter.FlopCounterMode for one frame pair (batch 1): it counts

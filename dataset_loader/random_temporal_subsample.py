@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-# the paper's frame gap between f1 and f2: 4 to 48 frames at 30 fps (every other default reads these)
+# the paper's frame gap between f1 and f2, in frames at a reference rate (every other default reads these)
 MIN_GAP, MAX_GAP, REFERENCE_FPS = 4, 48, 30.0
 
 class RandomTemporalSubsample:

@@ -18,7 +18,7 @@ from mae.pretrained import DECODER_PREFIXES, LoadReport, load_mae_weights
 from ml.model.siammae import SiamMAE
 
 SIAMMAE_PRESETS: dict[str, dict] = {
-    # the paper's encoders; every decoder is MAE's size (512 wide, 8 deep, 16 heads) unless overridden
+    # the paper's encoders; every decoder is MAE's size (DECODER_SIZES['mae']) unless overridden
     "siammae_vit_small_patch16": {"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6},
     "siammae_vit_small_patch8": {"patch_size": 8, "embed_dim": 384, "depth": 12, "num_heads": 6},
     "siammae_vit_base_patch16": {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from dataset_loader.dataset import KineticsFramePairs
+from dataset_loader.random_temporal_subsample import MAX_GAP, MIN_GAP
 from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ml.model import fixed_masks
 
@@ -41,9 +42,8 @@ class FixedPairs:
 
 
 def fixed_pairs(data: str, split: str, img_size: int, pairs_per_video: int = 4, seed: int = 0,
-                min_gap: int = 4, max_gap: int = 48) -> FixedPairs:
+                min_gap: int = MIN_GAP, max_gap: int = MAX_GAP) -> FixedPairs:
     """`pairs_per_video` fixed pairs (centre crop, no flip) from every video of `split` of the folder `data`."""
-
     if pairs_per_video < 1:
         raise ValueError(f"pairs_per_video must be at least 1, got {pairs_per_video}")
     dataset = KineticsFramePairs(data, split=split, img_size=img_size, augment=False, fixed_pairs=True,

@@ -34,6 +34,7 @@ import torch
 from dataset_loader.random_temporal_subsample import MAX_GAP, MIN_GAP, REFERENCE_FPS
 from dataset_loader.transforms import CROP_SCALE
 from ml.model import DECODER_SIZES, MASK_RATIO, check_decoder_type, check_mask_ratio, decoder_dims
+from ml.training.distributed import DIST_TIMEOUT_MINUTES
 from ml.training.optim import ADAMW_BETAS, WEIGHT_DECAY
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -105,8 +106,8 @@ class TrainConfig:
     num_epochs_per_save: int = _f(10, "write checkpoint-<epoch>.pth every this many epochs (checkpoint-last.pth: "
                                       "every epoch)", flag="--save-every")
     device: str = _f("auto", "auto (this process's GPU, else the CPU), cpu, cuda, cuda:1")
-    dist_timeout_minutes: float = _f(5.0, "minutes a process waits for the others before the run fails "
-                                          "(torch.distributed timeout)", flag="--dist-timeout")
+    dist_timeout_minutes: float = _f(DIST_TIMEOUT_MINUTES, "minutes a process waits for the others before the run "
+                                                           "fails (torch.distributed timeout)", flag="--dist-timeout")
     compile: bool = _f(False, "torch.compile the model (GPUs: faster steps after a compile of a minute or two)")
     tensorboard: bool = _f(False, "also log losses, learning rate, held-out loss and reconstructions for TensorBoard "
                                   "(<output>/tensorboard/<prefix>)")

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+DIST_TIMEOUT_MINUTES = 5.0  # how long a process waits for the others before the run fails
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -52,7 +54,8 @@ def resolve_device(device: str | torch.device | None = None, local_rank: int = 0
     return device
 
 
-def init_distributed(device: str | torch.device | None = None, timeout_minutes: float = 30.0) -> DistributedContext:
+def init_distributed(device: str | torch.device | None = None,
+                     timeout_minutes: float = DIST_TIMEOUT_MINUTES) -> DistributedContext:
     """Join the process group when launched by torchrun (NCCL for GPUs, gloo for CPU); else a world of one.
 
     Safe to call when the group already exists (returns its context).
