@@ -45,7 +45,7 @@ def train(
     With `config`, its recipe with these arguments replacing its fields (and the held-out loss of
     its test split); without one, the paper's optimiser recipe with a warm-up over the first 10% of
     epochs, the model's preset and the loader's batch, and no held-out loss. A CUDA `device` falls
-    back to the CPU, with a warning, when there is none. `kwargs` go to `ml.train.train` (resume,
+    back to the CPU, with a warning, when there is none. `kwargs` go to `ml.training.train` (resume,
     stop_after_epoch, progress, test_loader).
     """
     device = torch.device(device)

@@ -1,14 +1,19 @@
-"""Shared test fixtures: paths to the shipped sample data and to ../shared when present."""
+"""Shared test fixtures: paths to the shipped sample data and to ../shared when present, index-bar videos."""
 
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
+
+from dataset_loader.synthetic_videos import make_constant_video, make_indexed_video, read_barcode
+from dataset_loader.transforms import denormalize
+from ml.eval.protocols import get_protocol
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "dataset" / "sample"
@@ -57,8 +62,48 @@ def log_rows(path: Path) -> list[tuple[float, ...]]:
     return [tuple(float(v) for v in line.split()) for line in lines if line.strip() and not line.startswith("#")]
 
 
+def native(name: str, dataset: str = "davis", **changes):
+    """A protocol at the frames' own size (the generated frames are small)."""
+    return get_protocol(name, dataset, size_rule="native", size=None, **changes)
+
+
 @pytest.fixture(scope="session")
 def davis_mini() -> Path:
     if not DAVIS_MINI.is_dir():
         pytest.skip(f"needs the DAVIS-layout sample at {DAVIS_MINI} (../shared/data is not beside this clone)")
     return DAVIS_MINI
+
+
+# ---------------------------------------------------------------- index-bar videos (every frame shows its index)
+FPS_2997 = Fraction(30000, 1001)
+
+
+@pytest.fixture(scope="session")
+def video_factory(tmp_path_factory):
+    """make(num_frames, fps, keyframe_interval, start_frame, ext) -> path of a barcoded video, made once a session."""
+    folder = tmp_path_factory.mktemp("indexed_videos")
+    made: dict[tuple, Path] = {}
+
+    def make(num_frames=90, fps=30, keyframe_interval=30, start_frame=0, ext="mp4") -> Path:
+        key = (num_frames, Fraction(fps), keyframe_interval, start_frame, ext)
+        if key not in made:
+            name = f"v{num_frames}_{float(fps):.3f}_k{keyframe_interval}_s{start_frame}.{ext}"
+            made[key] = make_indexed_video(folder / name, num_frames, fps, keyframe_interval, start_frame=start_frame)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def pattern_video(tmp_path_factory) -> Path:
+    """A video whose frames are all the same left-right asymmetric picture."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:48, 0:64]
+    image = np.stack([x * 4, y * 5, (x * y) % 256], -1).astype(np.uint8)
+    image[:, :8] = rng.integers(0, 256, (48, 8, 3), dtype=np.uint8)
+    return make_constant_video(tmp_path_factory.mktemp("pattern") / "pattern.mp4", 40, image)
+
+
+def barcodes(frames: torch.Tensor) -> list[int]:
+    """Indices shown by normalised (N, 3, H, W) frames."""
+    return [read_barcode(f) for f in denormalize(frames)]

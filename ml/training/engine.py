@@ -214,7 +214,7 @@ def evaluate_loss(
     """Mean loss over `data_loader` with fixed masks (seeded per batch), leaving the global RNG untouched.
 
     With a loader of fixed pairs (`KineticsFramePairs(..., fixed_pairs=True, augment=False)`, as
-    `ml.train.make_test_loader` builds), the value is comparable across epochs and runs. Averaged
+    `ml.training.build.make_test_loader` builds), the value is comparable across epochs and runs. Averaged
     over processes when distributed (each process evaluates its share of the loader).
     """
     device = torch.device(device)

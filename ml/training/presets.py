@@ -20,8 +20,8 @@ _CPU = dict(arch="siammae_tiny", batch_size=4, lr=1e-3, precision="fp32", num_wo
 PRESETS: dict[str, dict[str, Any]] = {
     "paper_vit_s16_400": dict(_PAPER, prefix="paper_vit_s16_400"),
     "paper_vit_s16_2000": dict(_PAPER, epochs=2000, prefix="paper_vit_s16_2000", num_epochs_per_save=100),
-    **{f"mae_vit_b16_mask{round(100 * r):03d}": dict(_MAE_B16, mask_ratio=r,
-                                                     prefix=f"mae_vit_b16_mask{round(100 * r):03d}")
+    **{f"mae_vit_b16_mask{round(100 * r):03d}": dict(_MAE_B16, prefix=f"mae_vit_b16_mask{round(100 * r):03d}",
+                                                     **({} if r == TrainConfig.mask_ratio else {"mask_ratio": r}))
        for r in (0.50, 0.75, TrainConfig.mask_ratio)},
     "mae_vit_l16_mask075": dict(_PAPER, arch="siammae_vit_large_patch16", pretrained="mae_pretrain_vit_large",
                                 mask_ratio=0.75, batch_size=128, prefix="mae_vit_l16_mask075"),
