@@ -147,7 +147,6 @@ def _fmt_range(median: float, lo: float, hi: float, digits: int = 2) -> str:
 
 
 def render_data(results: list[dict]) -> str:
-
     text = (format_data_table(results) + "\n\nPairs/s per worker, median (min-max) of the timed runs. The two ratio "
             "columns of time per pair are ours over the bare decode (1.00x: ours costs no more than decoding). "
             "\"prepared\": the same videos after `python -m dataset_loader.prepare` (JPEG frames, short side 256, "
@@ -160,7 +159,6 @@ def render_data(results: list[dict]) -> str:
 
 
 def render_train(results: list[dict]) -> str:
-
     lines = [format_train_table(results), ""]
     devices = sorted({(r["device"], r["precision"]) for r in results})
     for device, precision in devices:
@@ -255,7 +253,6 @@ def cost_from_text(text: str) -> tuple[dict, dict] | None:
 
 
 def render_cost(cost: dict, meta: dict, output: Path) -> str:
-
     elsewhere = "" if output.resolve() == BENCHMARKS_MD else f" --benchmarks {relative(output)}"
     command = "python -m bench.cost" + elsewhere
     lines = [f"- Derived (no timing of its own) from the train section's run of {meta['train_run']} and the data "
@@ -291,7 +288,6 @@ def _met(ok: bool) -> str:
 
 
 def _summary_data(data: list[dict]) -> str:
-
     parts = []
     prepared = [(r["set"], r["prepared / ours (R=2, 8-bit)"], r["storage prepared / original"]) for r in data
                 if "prepared / ours (R=2, 8-bit)" in r]
@@ -382,7 +378,6 @@ def _summary_propagation(prop: list[dict]) -> str:
 
 
 def _summary_cost(cost: dict) -> str:
-
     feed = sorted(cost["gpu_feed"], key=lambda g: g["mfu"])
     lo, hi = feed[0], feed[-1]
     recipes = []

@@ -57,7 +57,6 @@ def _command(module: str, argv: list[str]) -> str:
 
 
 def run_data(quick: bool, results_dir: Path) -> tuple[list[dict], str]:
-
     json_path = results_dir / "data.json"
     if quick:
         results = bench_data.run_benchmark(items=2, runs=1, warmup=0, clip_seconds=0.5, clip_dir=results_dir / "clips",
@@ -73,7 +72,6 @@ def run_data(quick: bool, results_dir: Path) -> tuple[list[dict], str]:
 
 
 def run_train(quick: bool, results_dir: Path) -> tuple[list[dict], str]:
-
     json_path = results_dir / "train.json"
     if quick:
         argv = ["--presets", "siammae_tiny", "--batch", "2", "--runs", "2", "--warmup", "1", "--device", "cpu"]
@@ -100,7 +98,6 @@ def run_train(quick: bool, results_dir: Path) -> tuple[list[dict], str]:
 
 
 def run_propagation(quick: bool, results_dir: Path) -> tuple[list[dict], str]:
-
     json_path = results_dir / "propagation.json"
     if quick:
         results = bench_propagation.run_benchmark(arch="siammae_tiny", size=(64, 112), frames=3, frame_hw=(64, 112),

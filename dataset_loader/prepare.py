@@ -164,7 +164,6 @@ def prepare(src: str | os.PathLike, dst: str | os.PathLike, short_side: int = 25
 
 def _prepare_locked(src: Path, dst: Path, videos: list[Path], short_side: int, quality: int, workers: int | None,
                     progress: bool) -> dict:
-
     settings = {"short_side": short_side, "quality": quality}
     settings_file = dst / SETTINGS_NAME
     if settings_file.exists():  # a run continued must not mix two settings in one copy
