@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +185,27 @@ def test_command_line_refuses_what_cannot_work_before_any_work(synthetic_davis: 
     code, out, err = run_cli(base + ["--size", "native", "--no-progress"], capsys)
     assert code == 0 and "DAVIS val (2 sequences, 4 objects, protocol crw): J&F-Mean" in out
     assert "estimated peak memory" in out
+
+
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A PNG whose header claims width x height pixels (a decompression bomb to Pillow), with no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_frame_is_one_line_before_any_work(synthetic_davis: Path, tmp_path: Path,
+                                                                capsys) -> None:
+    data = tmp_path / "davis"
+    shutil.copytree(synthetic_davis, data)
+    bomb = sorted((data / "JPEGImages" / "480p" / "synthetic01").iterdir())[3]  # a frame after the first
+    bomb.write_bytes(bomb_png())
+    code, out, err = run_cli(["davis", "--checkpoint", "pixels", "--data", str(data), "--output",
+                              str(tmp_path / "o")], capsys)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(bomb) in err and "decompression bomb" in err
+    assert not (tmp_path / "o").exists()  # refused before any work
 
 
 def test_score_davis_names_what_is_missing_and_refuses_unknown_ids(synthetic_davis: Path, tmp_path: Path,

@@ -29,6 +29,7 @@ from ml.eval.data import (
     VOID_LABEL,
     Video,
     check_davis_annotations,
+    check_images,
     check_vip_annotations,
     davis_videos,
     frame_size,
@@ -341,6 +342,7 @@ def run_benchmark(
     """Evaluate every video of `benchmark` (reusing verified results in `output`), summarise and print the result."""
     protocol = benchmark.protocol
     videos = benchmark.videos
+    check_images(f for v in videos for f in benchmark.frames(v))  # every frame's header, before any work
     # the input size and memory of the largest video, before any work
     sizes = {v.name: extractor.input_size(frame_size(v.frames[0])) for v in videos}
     largest = max(videos, key=lambda v: sizes[v.name][0] * sizes[v.name][1])

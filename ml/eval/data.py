@@ -7,12 +7,13 @@ annotation or an unknown label id is an error naming the file. Layouts: dataset/
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ml.files import atomic_file
 
@@ -50,9 +51,30 @@ def full_palette(palette: Sequence[int] | None) -> list[int]:
     return full
 
 
+@contextmanager
+def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """`Image.open` (the header only until pixels are asked for); an image Pillow refuses as a decompression bomb
+    (more than twice `Image.MAX_IMAGE_PIXELS`) or cannot identify is a ValueError naming the file."""
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{path}: refused as a decompression bomb ({err}); replace the file") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image Pillow can read") from None
+    with img:
+        yield img
+
+
+def check_images(paths: Iterable[str | os.PathLike]) -> None:
+    """Open the header of every image (cheap): the ValueError of `open_image` before any work reads pixels."""
+    for path in paths:
+        with open_image(path):
+            pass
+
+
 def read_label_png(path: str | os.PathLike) -> tuple[np.ndarray, list[int] | None]:
     """A label image -> (ids (H, W) uint8, palette or None). Indexed (P) and grayscale (L) PNGs are accepted."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         if img.mode == "P":
             return np.array(img, dtype=np.uint8), img.getpalette()
         if img.mode in ("L", "I", "I;16"):
@@ -260,7 +282,7 @@ def check_vip_annotations(video: Video, num_classes: int = len(VIP_CLASSES)) -> 
 
 
 def frame_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as img:
+    with open_image(path) as img:
         return img.height, img.width
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dataset_loader.transforms import IMAGENET_MEAN
+from ml.eval.data import open_image
 from ml.eval.protocols import Protocol
 
 
@@ -61,7 +62,7 @@ def load_frame(path: str | os.PathLike, size_hw: tuple[int, int], resize: str = 
     "bilinear": resized as float pixels without antialiasing (OpenCV's INTER_LINEAR, what the CRW and DINO
     code use); "bilinear_antialias": PIL's antialiased bilinear on 8-bit pixels.
     """
-    with Image.open(path) as img:
+    with open_image(path) as img:
         img = img.convert("RGB")
         if resize == "bilinear_antialias" and (img.height, img.width) != tuple(size_hw):
             img = img.resize((size_hw[1], size_hw[0]), Image.BILINEAR)

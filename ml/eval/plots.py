@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ml.eval.data import VOID_LABEL, davis_videos, full_palette, read_label_png
+from ml.eval.data import VOID_LABEL, davis_videos, full_palette, open_image, read_label_png
 
 
 def overlay_labels(frame: np.ndarray, ids: np.ndarray, palette: Sequence[int] | None = None, alpha: float = 0.5):
@@ -44,7 +44,8 @@ def plot_propagation(
     rows = 2 if show_ground_truth else 1
     fig, axes = plt.subplots(rows, len(idx), figsize=(3.2 * len(idx), 2.0 * rows + 0.4), squeeze=False)
     for col, t in enumerate(idx):
-        img = np.asarray(Image.open(video.frames[t]).convert("RGB"))
+        with open_image(video.frames[t]) as image:
+            img = np.asarray(image.convert("RGB"))
         pred_path = masks / f"{video.frames[t].stem}.png"
         if not pred_path.is_file():
             raise FileNotFoundError(f"no prediction {pred_path}; evaluate DAVIS into {output} first")
