@@ -180,3 +180,27 @@ def test_kill_9_at_random_moments_and_inside_saves_loses_nothing(tmp_path, site)
         killed, calm = load_checkpoint(run.checkpoint_dir / name), load_checkpoint(straight / "checkpoints" /
                                                                                    "quick" / name)
         assert all((killed["model"][k] == calm["model"][k]).all() for k in calm["model"]), name
+
+
+def test_a_second_sigterm_stops_at_once_with_one_line_and_exit_143(tmp_path, site) -> None:
+    """The first SIGTERM asks for a stop at the step's end; a second one during that (slow) step stops at once."""
+    out = tmp_path / "out"
+    slow = ("--img-size", "224", "--batch-size", "8", "--epochs", "50")  # steps of a good fraction of a second
+    proc = subprocess.Popen(command(out, *slow), cwd=REPO, env=environment(site), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: Run(out, "quick").latest_checkpoint() is not None, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        for line in proc.stdout:  # the handler has run: a second signal is now a second signal
+            if "SIGTERM received" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert "second SIGTERM" in stderr and "--resume auto" in stderr
+    assert load_checkpoint(Run(out, "quick").latest_checkpoint())["epoch"] >= 1
+    assert temp_files(out) == []

@@ -16,11 +16,11 @@ from mae.pretrained import CheckpointError
 from ml.files import DiskFullError
 from ml.training.config import TrainConfig
 from ml.training.distributed import cleanup_distributed, init_distributed
-from ml.training.engine import TrainingStopped
 from ml.training.options import add_config_options, options_to_changes
 from ml.training.presets import PRESETS, get_preset
 from ml.training.pretrain import train
 from ml.training.run import RunError
+from ml.training.signals import TrainingStopped
 
 # what the command line reports as a one-line error (anything else is a bug and keeps its traceback)
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, RunError, FloatingPointError, DiskFullError)
@@ -65,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         train(config, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
               progress=False if args.no_progress else None)
     except TrainingStopped as err:
-        print(f"{parser.prog}: {err}", file=sys.stderr)
+        print(f"{parser.prog}: {str(err).splitlines()[0]}", file=sys.stderr)
         return 143 if "SIGTERM" in str(err) else 130
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handler is in place, or after it
+        print(f"{parser.prog}: interrupted; --resume auto continues from the last checkpoint", file=sys.stderr)
+        return 130
     except USER_ERRORS as err:
         print(f"{parser.prog}: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1

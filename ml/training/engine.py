@@ -21,12 +21,9 @@ from tqdm.auto import tqdm
 from dataset_loader.transforms import normalize
 from ml.model.reconstruct import fixed_masks
 from ml.training.distributed import all_reduce_sum, get_rank, get_world_size, is_main_process
+from ml.training.signals import TrainingStopped
 
 TEST_MASK_SEED = 1234  # masks of the held-out loss: batch b of rank r uses seed TEST_MASK_SEED + b * world + r
-
-
-class TrainingStopped(KeyboardInterrupt):
-    """Training stopped at a step boundary because a stop was asked for (SIGINT, SIGTERM)."""
 
 
 # ---------------------------------------------------------------- precision

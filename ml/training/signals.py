@@ -11,6 +11,10 @@ from typing import Any
 from ml.training.distributed import print_main
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped at a step boundary because a stop was asked for (SIGINT, SIGTERM)."""
+
+
 class StopRequest:
     """Set by SIGINT / SIGTERM while a run is in progress; the engine stops at the next optimiser step."""
 
@@ -25,8 +29,8 @@ class StopRequest:
 def stop_on_signals() -> Iterator[StopRequest]:
     """Route SIGINT and SIGTERM to a StopRequest for the duration (main thread only; elsewhere nothing changes).
 
-    A second signal while the first is pending stops at once (KeyboardInterrupt); files stay whole
-    either way, since every write is atomic.
+    A second signal while the first is pending stops at once (TrainingStopped, wherever the run is: the
+    command line exits 143 or 130 with one line); files stay whole either way, since every write is atomic.
     """
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
@@ -35,7 +39,8 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
     def handler(signum: int, frame: Any) -> None:
         if request.signal_name is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping at once")
+            raise TrainingStopped(f"second {signal.Signals(signum).name}: stopping at once, nothing of this epoch "
+                                  f"was saved; --resume auto continues from the last checkpoint")
         request.signal_name = signal.Signals(signum).name
         print_main(f"{request.signal_name} received: stopping after the current optimiser step (again: at once)")
 
