@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 import struct
+import subprocess
+import sys
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -29,7 +34,7 @@ from ml.eval.keypoints import crw_joint_stamps, heatmap_keypoints
 from ml.eval.score import score_davis, score_vip
 from ml.model import create_model
 from ml.training.checkpoint import save_checkpoint
-from tests.conftest import native
+from tests.conftest import REPO, native
 
 COLOUR = PixelEncoder(patch_size=4, pool=4)  # each 4x4 patch -> its mean colour: tracks the coloured discs
 
@@ -206,6 +211,29 @@ def test_a_decompression_bomb_frame_is_one_line_before_any_work(synthetic_davis:
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert str(bomb) in err and "decompression bomb" in err
     assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_ctrl_c_during_an_evaluation_is_one_line_and_the_finished_sequences_stay(synthetic_davis: Path,
+                                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    # a ViT-S/16 at the default 480x880: seconds per frame, so the run is still working when Ctrl-C comes
+    command = [sys.executable, "-m", "ml.evaluate", "davis", "--checkpoint", "random", "--data", str(synthetic_davis),
+               "--output", str(out), "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:  # printed once every check has passed, as the work starts
+            if "estimated peak memory" in line:
+                break
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert "interrupted" in stderr and (out / "run.json").is_file()
 
 
 def test_score_davis_names_what_is_missing_and_refuses_unknown_ids(synthetic_davis: Path, tmp_path: Path,

@@ -181,3 +181,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
     except USER_ERRORS as err:
         print(f"python -m ml.evaluate: error: {str(err).splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: every finished sequence is already saved with its hash
+        print("python -m ml.evaluate: interrupted; the sequences finished so far are kept, the same command "
+              "continues", file=sys.stderr)
+        sys.exit(130)
