@@ -264,6 +264,18 @@ def test_cli_help_and_bad_input(tmp_path, capsys) -> None:
     assert file_digest(out / "checkpoints" / "quick" / "checkpoint-last.pth") == digest  # done already
 
 
+@pytest.mark.parametrize("where", ["losses/quick.txt", "test_losses/quick.txt", "checkpoints/quick/checkpoint-last.pth",
+                                   "checkpoints/quick/.lock"])
+def test_a_folder_where_the_run_writes_a_file_is_refused_before_any_work(tmp_path, capsys, where) -> None:
+    (tmp_path / where).mkdir(parents=True)
+    code, err = run_main(["--preset", "quick", "--data", str(SAMPLE_DIR), "--output", str(tmp_path), "--device",
+                          "cpu"], capsys)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{tmp_path / where} is a folder where the run writes a file" in err
+    assert not list((tmp_path / "checkpoints").rglob("*.pth*")) or where.endswith(".pth")  # no epoch was run
+    assert not (tmp_path / "losses" / "quick.txt").is_file()
+
+
 def test_a_data_folder_without_a_readable_video_is_refused_before_any_file(tmp_path, capsys) -> None:
     data = tmp_path / "broken" / "train" / "some_class"
     data.mkdir(parents=True)

@@ -91,10 +91,20 @@ class Run:
 
     # ------------------------------------------------------------- where it may write
     def check_writable(self) -> None:
-        """RunError (one line) when the output folder is a file, or cannot be created or written."""
+        """RunError (one line) when the output folder is a file, or cannot be created or written, or when a folder
+        stands where the run writes a file (a loss log, checkpoint-last.pth, the lock) or a file where it needs a
+        folder: found before any work instead of after an epoch."""
         reason = unwritable_reason(self.root)
         if reason:
             raise RunError(f"output folder {self.root} {reason}: choose another --output")
+        for folder in (self.checkpoint_dir, self.losses.parent, self.test_losses.parent):
+            if folder.exists() and not folder.is_dir():
+                raise RunError(f"{folder} is a file where the run needs a folder: move it away or choose another "
+                               f"--output or --prefix")
+        for path in (self.losses, self.test_losses, self.last_checkpoint, self.checkpoint_dir / LOCK_NAME):
+            if path.is_dir():
+                raise RunError(f"{path} is a folder where the run writes a file: move it away or choose another "
+                               f"--output or --prefix")
 
     # ------------------------------------------------------------- the lock
     def acquire_lock(self) -> None:
