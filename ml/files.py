@@ -18,10 +18,16 @@ from pathlib import Path
 from typing import Any
 
 TEMP_SUFFIX = ".tmp"
+# the write failures that mean "no room for this file", each said in the words a user can act on
+_NO_ROOM = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the file-size limit (ulimit -f) or the filesystem",
+}
 
 
 class DiskFullError(OSError):
-    """The disk filled up while a file was written; the file's previous version is intact."""
+    """No room for a file being written (disk full, quota, file-size limit); its previous version is intact."""
 
 
 # ---------------------------------------------------------------- files
@@ -52,9 +58,9 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         cause = writer.error if writer is not None and writer.error is not None else err
-        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+        if isinstance(cause, OSError) and cause.errno in _NO_ROOM:
             kept = f"{path} keeps its previous content" if path.exists() else f"{path} was not written"
-            raise DiskFullError(errno.ENOSPC, f"disk full while writing {path}: {kept}") from err
+            raise DiskFullError(cause.errno, f"{_NO_ROOM[cause.errno]} while writing {path}: {kept}") from err
         raise
 
 

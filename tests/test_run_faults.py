@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -204,3 +205,18 @@ def test_a_second_sigterm_stops_at_once_with_one_line_and_exit_143(tmp_path, sit
     assert "second SIGTERM" in stderr and "--resume auto" in stderr
     assert load_checkpoint(Run(out, "quick").latest_checkpoint())["epoch"] >= 1
     assert temp_files(out) == []
+
+
+def test_a_file_size_limit_at_a_checkpoint_is_one_line_and_keeps_nothing_half_written(tmp_path, site) -> None:
+    out = tmp_path / "out"
+    limit = 2 << 20  # bytes: the logs fit, a checkpoint of the tiny model (about 30 MB) does not
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(command(out, "--epochs", "2"), cwd=REPO, env=environment(site), capture_output=True,
+                          text=True, timeout=120, preexec_fn=small_files)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "file too large for the file-size limit (ulimit -f)" in done.stderr and "checkpoint-" in done.stderr
+    assert temp_files(out) == [] and not list(out.rglob("*.pth"))
