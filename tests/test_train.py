@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from mae.pretrained import CheckpointError
 from ml.training.build import build_model, make_test_loader, make_train_loader
 from ml.training.checkpoint import load_checkpoint, prepare_model
 from ml.training.cli import main
@@ -135,6 +136,29 @@ def test_a_diverged_state_is_never_saved(tmp_path) -> None:
     with pytest.raises(DivergedError, match="no checkpoint of this run with a finite state yet"):
         train(fresh.replace(lr=1e6), progress=False)
     assert Run.of(fresh).latest_checkpoint() is None
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_good_one(tmp_path) -> None:
+    """checkpoint-last.pth is a hard link of checkpoint-2.pth: one damaged block spoils both names. Resuming and
+    loading the run fall back to checkpoint-1.pth, say so, and the resumed run ends as an undisturbed one."""
+    config = quick_config(tmp_path, num_epochs_per_save=1)
+    train(config, test_loader=None, progress=False)
+    run = Run.of(config)
+    undisturbed = run.losses.read_bytes()
+    damaged = run.checkpoint(2)
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"checkpoint-1.pth passes its checks"):
+        train(config, test_loader=None, progress=False, resume=damaged)
+    with pytest.warns(UserWarning, match=r"skipped checkpoint\(s\) .*checkpoint-last.pth.*using .*checkpoint-1.pth"):
+        model = prepare_model(run.checkpoint_dir)
+    assert torch.equal(model.state_dict()["encoder.cls_token"], load_checkpoint(run.checkpoint(1))["model"][
+        "encoder.cls_token"])
+    with pytest.warns(UserWarning, match=r"skipped checkpoint\(s\) .*checkpoint-2.pth.*using .*checkpoint-1.pth"):
+        train(config, test_loader=None, progress=False, resume="auto")
+    assert run.losses.read_bytes() == undisturbed
+    assert load_checkpoint(run.last_checkpoint)["epoch"] == 2
 
 
 def test_rewinding_keeps_the_old_history_until_the_first_new_save(tmp_path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -141,17 +142,49 @@ def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
     return [(epoch, path) for epoch, _, path in sorted(found)]
 
 
+def newest_valid_checkpoint(folder: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint of `folder` that passes every check of `load_checkpoint`, and what was skipped on
+    the way ('name: reason', newest first; files whose header cannot even be read included).
+
+    checkpoint-last.pth is a hard link of the newest numbered checkpoint, so one damaged block spoils both
+    names: the next good one is then an earlier epoch's numbered file.
+    """
+    found = checkpoints_in(folder)
+    readable = {path for _, path in found}
+    skipped = [f"{p.name}: unreadable" for p in sorted(folder.glob("checkpoint-*.pth")) if p not in readable]
+    for _, path in reversed(found):
+        try:
+            load_checkpoint(path)
+        except CheckpointError as err:
+            skipped.append(f"{path.name}: {str(err).splitlines()[0].removeprefix(str(path)).strip()}")
+            continue
+        return path, skipped
+    return None, skipped
+
+
+def say_skipped(skipped: list[str], chosen: Path | None) -> None:
+    """Warn, in one message, which checkpoints were passed over for `chosen` and why."""
+    if skipped:
+        warnings.warn(f"skipped checkpoint(s) that fail their checks ({'; '.join(skipped)}); "
+                      + (f"using {chosen}" if chosen else "none is left"), stacklevel=3)
+
+
 def find_checkpoint(spec: str | os.PathLike, output_dir: str | os.PathLike = ".") -> Path:
-    """A checkpoint file from what a user names: the file itself, a run's checkpoint folder (its latest
-    checkpoint), or a run name under `<output_dir>/checkpoints/`. FileNotFoundError listing what was tried."""
+    """A checkpoint file from what a user names: the file itself, a run's checkpoint folder (its newest
+    checkpoint that passes its checks, with a warning naming any newer one skipped), or a run name under
+    `<output_dir>/checkpoints/`. FileNotFoundError listing what was tried; CheckpointError when a folder
+    holds checkpoints but none passes its checks."""
     path = Path(spec)
     if path.is_file():
         return path
     tried = [path]
     for folder in (path, Path(output_dir) / "checkpoints" / path):
-        found = checkpoints_in(folder)
-        if found:
-            return found[-1][1]
+        if checkpoints_in(folder) or list(folder.glob("checkpoint-*.pth")):
+            chosen, skipped = newest_valid_checkpoint(folder)
+            say_skipped(skipped, chosen)
+            if chosen is None:
+                raise CheckpointError(f"{folder} holds no checkpoint that passes its checks ({'; '.join(skipped)})")
+            return chosen
         tried.append(folder / LAST_NAME)
     raise FileNotFoundError(f"no checkpoint at {spec} (looked for {', '.join(str(t) for t in tried)})")
 

@@ -44,7 +44,15 @@ import numpy as np
 
 from mae.pretrained import CheckpointError
 from ml.files import atomic_file, remove_temp_files, temp_name, unwritable_reason
-from ml.training.checkpoint import LAST_NAME, checkpoints_in, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from ml.training.checkpoint import (
+    LAST_NAME,
+    checkpoints_in,
+    load_checkpoint,
+    newest_valid_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+    say_skipped,
+)
 from ml.training.config import TrainConfig, recipe_differences
 
 LOCK_NAME = ".lock"
@@ -172,13 +180,7 @@ class Run:
 
     def newest_valid_checkpoint(self) -> Path | None:
         """The newest checkpoint that passes every check of `load_checkpoint` (checksum, finite weights)."""
-        for _, path in reversed(self.checkpoints()):
-            try:
-                load_checkpoint(path)
-            except CheckpointError:
-                continue
-            return path
-        return None
+        return newest_valid_checkpoint(self.checkpoint_dir)[0]
 
     # ------------------------------------------------------------- resuming
     def resolve_resume(self, resume: str | os.PathLike | None, config: TrainConfig) -> Path | None:
@@ -210,10 +212,22 @@ class Run:
             if folder_differences:
                 raise RunError(f"{where}: to continue from {latest} with the new settings anyway, pass its path as "
                                f"resume; else choose another prefix or output folder")
-            return latest
+            chosen, skipped = newest_valid_checkpoint(self.checkpoint_dir)
+            say_skipped(skipped, chosen)
+            if chosen is None:
+                raise CheckpointError(f"{self.checkpoint_dir} holds no checkpoint that passes its checks "
+                                      f"({'; '.join(skipped)}): move them away, or start again with another "
+                                      f"prefix or output folder")
+            return chosen
         path = Path(resume)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint to resume from, {path}, does not exist")
+        try:
+            load_checkpoint(path)
+        except CheckpointError as err:
+            good = newest_valid_checkpoint(path.parent)[0]
+            advice = f"{good} passes its checks" if good else "no checkpoint beside it passes its checks"
+            raise CheckpointError(f"{str(err).splitlines()[0]} ({advice})") from None
         inside = path.resolve().parent == self.checkpoint_dir.resolve()
         if folder_differences and not inside:
             raise RunError(f"{where}: resuming from {path} would overwrite them; choose another prefix or output "
