@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -298,6 +299,37 @@ def test_a_folder_where_the_run_writes_a_file_is_refused_before_any_work(tmp_pat
     assert f"{tmp_path / where} is a folder where the run writes a file" in err
     assert not list((tmp_path / "checkpoints").rglob("*.pth*")) or where.endswith(".pth")  # no epoch was run
     assert not (tmp_path / "losses" / "quick.txt").is_file()
+
+
+def copy_of_sample(dst, train_videos: int | None = None):
+    """dataset/sample copied to `dst`: all of it, or its held-out split and the first `train_videos` training videos."""
+    shutil.copytree(SAMPLE_DIR, dst, ignore=shutil.ignore_patterns("*.md", "*.txt"))
+    if train_videos is not None:
+        for video in sorted((dst / "train").glob("*/*.mp4"))[train_videos:]:
+            video.unlink()
+    return dst
+
+
+def test_resuming_on_other_videos_is_refused_unless_asked_or_the_same_files_moved(tmp_path, capsys) -> None:
+    def run(out, data, *extra):
+        return run_main(["--preset", "quick", "--output", str(out), "--device", "cpu", "--data", str(data), *extra],
+                        capsys)
+
+    fewer = copy_of_sample(tmp_path / "fewer", train_videos=4)  # 4 of the 8 videos: 1 iteration per epoch, not 2
+    assert run(tmp_path / "a", SAMPLE_DIR, "--stop-after-epoch", "1")[0] == 0
+    code, err = run(tmp_path / "a", fewer, "--resume", "auto")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and f"data: {str(SAMPLE_DIR)!r} -> {str(fewer)!r}" in err
+    with pytest.warns(UserWarning, match=rf"other training videos, as asked .*{SAMPLE_DIR} -> {fewer}"):
+        assert run(tmp_path / "a", fewer, "--resume", "auto", "--allow-new-data")[0] == 0
+    steps = [int(row[1]) for row in log_rows(Run(tmp_path / "a", "quick").losses)]
+    assert steps == [0, 1, 2]  # the global iteration: epoch 2 has 1 iteration now, numbered after epoch 1's two
+    # the same files under another path: no flag needed, a warning names both, the run ends as if never moved
+    moved = copy_of_sample(tmp_path / "moved")
+    assert run(tmp_path / "b", SAMPLE_DIR, "--stop-after-epoch", "1")[0] == 0
+    with pytest.warns(UserWarning, match=rf"training videos moved: {SAMPLE_DIR} -> {moved} \(the same files\)"):
+        assert run(tmp_path / "b", moved, "--resume", "auto")[0] == 0
+    assert run(tmp_path / "c", SAMPLE_DIR)[0] == 0
+    assert Run(tmp_path / "b", "quick").losses.read_bytes() == Run(tmp_path / "c", "quick").losses.read_bytes()
 
 
 def test_a_data_folder_without_a_readable_video_is_refused_before_any_file(tmp_path, capsys) -> None:

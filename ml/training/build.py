@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,17 @@ def training_videos(config: TrainConfig) -> list[Path] | str:
         return videos
     chosen = np.random.default_rng(SUBSET_SEED).choice(len(videos), config.max_videos, replace=False)
     return [videos[i] for i in sorted(chosen)]
+
+
+def data_fingerprint(videos: list[Path]) -> str:
+    """SHA-1 of a set of video files: their paths below the folder they share, and their sizes. The same files
+    moved elsewhere keep it; another set of videos (added, removed, other files) changes it."""
+    paths = sorted(Path(os.path.abspath(p)) for p in videos)
+    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    digest = hashlib.sha1()
+    for path in paths:
+        digest.update(f"{path.relative_to(root)}\0{path.stat().st_size}\n".encode())
+    return digest.hexdigest()
 
 
 def make_train_dataset(config: TrainConfig) -> KineticsFramePairs:

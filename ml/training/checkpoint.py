@@ -10,6 +10,7 @@ A checkpoint is a plain dict written with `torch.save` and read back with
     optimizer, scaler, epoch (epochs done), step (optimiser steps done), world_size
     rng            per process: torch, CUDA, numpy, Python and data-loader random states (ml.training.rng)
     log_lines      {"train": n, "test": m}: the loss-log lines this checkpoint's history covers
+    data_fingerprint  SHA-1 of the training videos' relative paths and sizes (a resume on other videos is refused)
     payload_crc32  CRC-32 of every tensor's bytes, in key order: a flipped byte is found at load
 
 Writes are atomic (`ml.files.atomic_file`); reads verify the format, the checksum and that every

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'auto': continue from the run folder's latest checkpoint when there is one; or a checkpoint "
                         "file (an earlier one of the run rewinds it)")
     p.add_argument("--stop-after-epoch", type=int, metavar="N", help="return after epoch N, as if stopped")
+    p.add_argument("--allow-new-data", action="store_true",
+                   help="resume on other training videos than the checkpoint's (the same files moved elsewhere "
+                        "need no flag)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any TrainConfig field, read as the field's type (e.g. test_split=None, min_gap=2)")
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         init_distributed(config.device, timeout_minutes=config.dist_timeout_minutes)
         train(config, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
-              progress=False if args.no_progress else None)
+              progress=False if args.no_progress else None, allow_new_data=args.allow_new_data)
     except TrainingStopped as err:
         print(f"{parser.prog}: {str(err).splitlines()[0]}", file=sys.stderr)
         return 143 if "SIGTERM" in str(err) else 130

@@ -244,7 +244,7 @@ class TrainConfig:
 
 # fields that say where and how fast a run goes, not what it computes: they may change on resume
 RUNTIME_FIELDS = frozenset(
-    {"data", "output_dir", "prefix", "num_workers", "num_epochs_per_save", "pretrained", "precision", "test_max_videos",
+    {"output_dir", "prefix", "num_workers", "num_epochs_per_save", "pretrained", "precision", "test_max_videos",
      "device", "dist_timeout_minutes", "compile", "tensorboard", "tensorboard_figure_every", "uint8_batches",
      "print_every"}
 )

@@ -101,6 +101,7 @@ def train_one_epoch(
     log: Callable[[int, int, float, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: bool | None = None,
+    first_iteration: int | None = None,
 ) -> list[float]:
     """One pass over `data_loader` (batches `(f1, f2)`); returns the loss of every iteration.
 
@@ -108,15 +109,17 @@ def train_one_epoch(
     0-based epoch index, for the log and the messages. With `accum_iter` > 1 gradients of that many
     iterations make one step (a trailing remainder of the loader that cannot fill a step is
     skipped). `log(epoch, step, lr, loss)` receives every iteration (epoch counted from 1, step the
-    iteration's index over the run). Under DistributedDataParallel the losses are averaged over
-    processes. A NaN or infinite loss raises FloatingPointError naming the epoch and iteration,
-    before any update with it. When `should_stop()` turns true in any process, every process stops
-    together after the current optimiser step with TrainingStopped.
+    iteration's index over the run: `first_iteration` + the index in this epoch; by default `epoch` x the
+    epoch's iterations; a run whose epochs changed length passes it, so steps never repeat). Under
+    DistributedDataParallel the losses are averaged over processes. A NaN or infinite loss raises
+    FloatingPointError naming the epoch and iteration, before any update with it. When `should_stop()` turns
+    true in any process, every process stops together after the current optimiser step with TrainingStopped.
     """
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     scaler = scaler if scaler is not None else make_grad_scaler(precision, device)
     num_iters = iterations_per_epoch(len(data_loader), accum_iter)
+    first = epoch * num_iters if first_iteration is None else first_iteration
     model.train()
     optimizer.zero_grad(set_to_none=True)
     losses: list[float] = []
@@ -131,12 +134,12 @@ def train_one_epoch(
             loss_value, stops = forward_backward(model, f1, f2, scaler, precision, device, accum_iter, step_now,
                                                  stop_asked=bool(should_stop and should_stop()),
                                                  where=f"epoch {epoch + 1}, iteration {it} of {num_iters} (step "
-                                                       f"{epoch * num_iters + it} of the run)")
+                                                       f"{first + it} of the run)")
             if step_now:
                 optimizer_step(model, optimizer, scheduler, scaler, clip_grad)
             losses.append(loss_value)
             if log is not None:
-                log(epoch + 1, epoch * num_iters + it, lr, loss_value)
+                log(epoch + 1, first + it, lr, loss_value)
             bar.update(loss_value, lr, pairs=f1.shape[0] * get_world_size())
             if step_now and stops > 0:
                 raise TrainingStopped(f"stopped at epoch {epoch + 1}, iteration {it + 1} of {num_iters}")

@@ -32,7 +32,7 @@ from dataset_loader.dataset import KineticsFramePairs
 from dataset_loader.loader import set_loader_epoch
 from mae.pretrained import CheckpointError
 from ml.model import model_args_for
-from ml.training.build import build_model, make_test_loader, make_train_loader
+from ml.training.build import build_model, data_fingerprint, make_test_loader, make_train_loader
 from ml.training.checkpoint import load_checkpoint, non_finite_tensors, read_checkpoint_meta
 from ml.training.config import TrainConfig
 from ml.training.distributed import (
@@ -98,6 +98,7 @@ def train(
     resume: str | os.PathLike | None = None,
     stop_after_epoch: int | None = None,
     progress: bool | None = None,
+    allow_new_data: bool = False,
 ) -> nn.Module:
     """Train the run `config` describes; returns the trained model (checkpoints and logs in its `Run`).
 
@@ -108,7 +109,8 @@ def train(
     the folder's latest checkpoint if any) or a checkpoint path (an earlier one rewinds the run; the
     later history is moved aside at the first new save). A resumed run gives the same per-iteration
     losses as one that never stopped (bit-identical on the CPU). `stop_after_epoch`: return after
-    this epoch (1-based) as if stopped. Under torchrun, call it in every process.
+    this epoch (1-based) as if stopped. `allow_new_data`: resume on other training videos than the checkpoint's
+    (refused otherwise, unless they are the same files moved elsewhere). Under torchrun, call it in every process.
     """
     # -- every check before any file is written
     if stop_after_epoch is not None and stop_after_epoch < 1:
@@ -119,13 +121,16 @@ def train(
     run.check_writable()
     train_loader, test_loader, model = _data_and_model(config, model, train_loader, test_loader)
     steps_per_epoch = iterations_per_epoch(len(train_loader), run_config.accum_iter) // run_config.accum_iter
+    videos = getattr(getattr(train_loader, "dataset", None), "videos", None)
+    fingerprint = data_fingerprint(videos) if videos else None
 
     # -- the run folder: lock, leftovers of dead processes, where to start (rank 0 decides for all)
-    start_from = _open_run(run, run_config, resume, device)
+    start_from = _open_run(run, run_config, resume, device, fingerprint, allow_new_data)
     try:
         with stop_on_signals() as stop:
             state = _restore(run, run_config, model, train_loader, test_loader, start_from, device, precision,
                              steps_per_epoch)
+            state.data_fingerprint = fingerprint
             if state.start_epoch >= run_config.epochs:
                 print_main(f"{run_config.prefix}: all {run_config.epochs} epochs are done already")
                 return state.module
@@ -179,7 +184,8 @@ def _data_and_model(config: TrainConfig, model: nn.Module | None, train_loader: 
     return train_loader, test_loader, model
 
 
-def _open_run(run: Run, config: TrainConfig, resume: str | os.PathLike | None, device: torch.device) -> Path | None:
+def _open_run(run: Run, config: TrainConfig, resume: str | os.PathLike | None, device: torch.device,
+              fingerprint: str | None, allow_new_data: bool) -> Path | None:
     """On rank 0: take the lock, remove temporaries of dead processes, choose the checkpoint to start from;
     the decision (or the error) reaches every process, and every process must see the chosen file."""
     decision: tuple[str, str] = ("ok", "")
@@ -187,7 +193,7 @@ def _open_run(run: Run, config: TrainConfig, resume: str | os.PathLike | None, d
         try:
             run.acquire_lock()
             run.remove_temp_files()
-            chosen = run.resolve_resume(resume, config)
+            chosen = run.resolve_resume(resume, config, fingerprint, allow_new_data)
             decision = ("ok", "" if chosen is None else str(chosen))
         except (ValueError, FileNotFoundError, CheckpointError, RunError) as err:
             run.release_lock()
@@ -228,6 +234,7 @@ class _State:
     step_model: nn.Module | None = None
     board: TensorBoard | None = None
     log: Any = None
+    data_fingerprint: str | None = None  # of the training videos, stored with each checkpoint
 
 
 def _restore(run: Run, config: TrainConfig, model: nn.Module, train_loader: Any, test_loader: Any,
@@ -292,6 +299,7 @@ def _run_epoch(state: _State, epoch: int, stop: StopRequest, stop_after_epoch: i
             state.train_loader, state.optimizer, state.scheduler, state.device, state.step_model, epoch=epoch,
             scaler=state.scaler, precision=state.precision, accum_iter=config.accum_iter, clip_grad=config.clip_grad,
             log=state.log, should_stop=stop, progress=progress,
+            first_iteration=state.scheduler.last_epoch * config.accum_iter,
         )
     except FloatingPointError as err:
         raise DivergedError(f"{err}; {_where_to_resume(run)}") from None
@@ -396,6 +404,7 @@ def _save_epoch(state: _State, epochs_done: int) -> None:
             "step": state.scheduler.last_epoch,
             "world_size": get_world_size(),
             "rng": rng_states,
+            "data_fingerprint": state.data_fingerprint,
         }
         due = epochs_done % config.num_epochs_per_save == 0 or epochs_done == config.epochs
         state.run.save(checkpoint, epochs_done, numbered=due)

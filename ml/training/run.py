@@ -183,12 +183,16 @@ class Run:
         return newest_valid_checkpoint(self.checkpoint_dir)[0]
 
     # ------------------------------------------------------------- resuming
-    def resolve_resume(self, resume: str | os.PathLike | None, config: TrainConfig) -> Path | None:
+    def resolve_resume(self, resume: str | os.PathLike | None, config: TrainConfig, data_fingerprint: str | None = None,
+                       allow_new_data: bool = False) -> Path | None:
         """The checkpoint to start from, or None for a fresh run; a clear error when the folder holds another run.
 
         `config` should be `resolved()` for the run's world size. resume=None: the folder must hold no
         checkpoint. "auto": the folder's latest checkpoint when its recipe matches. A path: that
         checkpoint; recipe differences are a warning (e.g. more epochs), a folder of another run an error.
+        Other training videos (`data`) are a recipe change refused in both cases, unless they are the same
+        files moved elsewhere (`data_fingerprint` equal to the stored one) or `allow_new_data`: then a warning
+        names both.
         """
         latest = self.latest_checkpoint()
         if latest is None and self.unreadable_checkpoints():
@@ -197,6 +201,9 @@ class Run:
                                   f"them away or choose another prefix or output folder")
         stored = dict(read_checkpoint_meta(latest).get("config") or {}) if latest else {}
         folder_differences = recipe_differences(stored, config.to_dict()) if latest else []
+        if latest is not None and resume is not None:
+            folder_differences = _accept_data_change(folder_differences, read_checkpoint_meta(latest), config,
+                                                     data_fingerprint, allow_new_data)
         where = f"{self.checkpoint_dir} holds checkpoints of a different run ({'; '.join(folder_differences)})"
         if resume is None:
             if latest is None:
@@ -232,7 +239,12 @@ class Run:
         if folder_differences and not inside:
             raise RunError(f"{where}: resuming from {path} would overwrite them; choose another prefix or output "
                            f"folder")
-        differences = recipe_differences(dict(read_checkpoint_meta(path).get("config") or {}), config.to_dict())
+        meta = read_checkpoint_meta(path)
+        differences = recipe_differences(dict(meta.get("config") or {}), config.to_dict())
+        differences = _accept_data_change(differences, meta, config, data_fingerprint, allow_new_data)
+        if any(d.startswith("data:") for d in differences):
+            raise RunError(f"{path} was trained on other videos ({_data_difference(differences)}): pass "
+                           f"--allow-new-data to continue on these, or choose another prefix or output folder")
         if differences:
             warnings.warn(f"resuming from {path}, written with other settings: {'; '.join(differences)}",
                           stacklevel=2)
@@ -312,6 +324,28 @@ class Run:
 
     def read_test_log(self) -> dict[str, np.ndarray]:
         return read_log(self.test_losses)
+
+
+def _data_difference(differences: list[str]) -> str:
+    return next(d for d in differences if d.startswith("data:"))
+
+
+def _accept_data_change(differences: list[str], meta: dict[str, Any], config: TrainConfig,
+                        data_fingerprint: str | None, allow_new_data: bool) -> list[str]:
+    """`differences` without the change of `data` when it may pass (with a warning naming both): the same files
+    moved elsewhere (their fingerprint is the stored one), or other videos asked for with `allow_new_data`."""
+    if not any(d.startswith("data:") for d in differences):
+        return differences
+    stored = (meta.get("config") or {}).get("data")
+    if data_fingerprint is not None and meta.get("data_fingerprint") == data_fingerprint:
+        warnings.warn(f"the training videos moved: {stored} -> {config.data} (the same files), continuing",
+                      stacklevel=4)
+    elif allow_new_data:
+        warnings.warn(f"continuing on other training videos, as asked (--allow-new-data): {stored} -> "
+                      f"{config.data}", stacklevel=4)
+    else:
+        return differences
+    return [d for d in differences if not d.startswith("data:")]
 
 
 class _Log:
