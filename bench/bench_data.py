@@ -29,6 +29,7 @@ import argparse
 import os
 import statistics
 import time
+import zlib
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -41,7 +42,7 @@ from bench import REPO, save_json
 from bench.clips import SAMPLE_DIR, make_bench_clips
 from bench.pytorchvideo_baseline import PYTORCHVIDEO_DIR, install_pytorchvideo, make_pytorchvideo
 from dataset_loader.dataset import KineticsFramePairs
-from dataset_loader.frames_file import open_video
+from dataset_loader.frames_file import FramesReader, open_video
 from dataset_loader.loader import make_pair_loader, set_loader_epoch
 from dataset_loader.prepare import prepare, prepare_one, prepared_path, resized_frames
 from dataset_loader.random_temporal_subsample import RandomTemporalSubsample
@@ -208,14 +209,15 @@ def stage_profile(originals: list[Path], prepared: list[Path], img_size: int, it
 
     read: open, seek and decode the pair's frames to RGB (VideoReader.read / FramesReader.read);
     of which RGB conversion (original only): libswscale's YUV -> RGB (`to_ndarray`), timed on decoded
-    frames of the same videos; crop + resize + flip: `PairedTransform.apply` on the pair; normalise:
+    frames of the same videos; of which checksum (prepared only): the CRC-32 of the frames' JPEG data that
+    every read verifies; crop + resize + flip: `PairedTransform.apply` on the pair; normalise:
     8-bit -> float on the CPU, the step that 8-bit batches (`uint8_batches`) move to the GPU.
     """
     sampler = RandomTemporalSubsample(repeated_sampling=repeated_sampling)
     transform = PairedTransform(img_size)
     profile: dict[str, dict[str, float]] = {}
     for kind, files in (("original", originals), ("prepared", prepared)):
-        totals = dict.fromkeys(("read", "rgb conversion", "crop + resize + flip", "normalise"), 0.0)
+        totals = dict.fromkeys(("read", "rgb conversion", "checksum", "crop + resize + flip", "normalise"), 0.0)
         for item in range(items):
             rng = np.random.default_rng([1, item])
             path = files[item % len(files)]
@@ -224,6 +226,13 @@ def stage_profile(originals: list[Path], prepared: list[Path], img_size: int, it
                 pairs = sampler(reader.num_frames, float(reader.fps), rng)
                 frames = reader.read([i for pair in pairs for i in pair])
             totals["read"] += time.perf_counter() - start
+            if kind == "prepared":
+                with FramesReader(path) as reader:
+                    blobs = [reader.frame_bytes(i) for pair in pairs for i in pair]
+                start = time.perf_counter()
+                for blob in blobs:
+                    zlib.crc32(blob)
+                totals["checksum"] += time.perf_counter() - start
             if kind == "original":
                 with av.open(str(path)) as container:
                     decoded = [next(container.decode(video=0))] * len(frames)  # one frame, converted as often
@@ -243,16 +252,19 @@ def stage_profile(originals: list[Path], prepared: list[Path], img_size: int, it
         profile[kind] = {stage: 1e3 * seconds / pairs_done for stage, seconds in totals.items()}
         if kind == "prepared":
             del profile[kind]["rgb conversion"]  # inside the JPEG decoder, part of read
+        else:
+            del profile[kind]["checksum"]
     return profile
 
 
 def format_profile(results: list[dict]) -> str:
-    lines = ["| set | files | read (ms/pair) | of which RGB conversion | crop + resize + flip | normalise (CPU) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| set | files | read (ms/pair) | of which RGB conversion | of which checksum | crop + resize + flip "
+             "| normalise (CPU) |", "|---|---|---|---|---|---|---|"]
     for row in results:
         for kind, stages in row.get("stages", {}).items():
             conversion = f"{stages['rgb conversion']:.2f}" if "rgb conversion" in stages else "in the JPEG decode"
-            lines.append(f"| {row['set']} | {kind} | {stages['read']:.2f} | {conversion} | "
+            checksum = f"{stages['checksum']:.3f}" if "checksum" in stages else "-"
+            lines.append(f"| {row['set']} | {kind} | {stages['read']:.2f} | {conversion} | {checksum} | "
                          f"{stages['crop + resize + flip']:.2f} | {stages['normalise']:.2f} |")
     return "\n".join(lines)
 

@@ -11,8 +11,10 @@ from it takes a fraction of what decoding the source takes (no seek to a keyfram
 for some 3-25x the bytes (JPEG quality 90).
 
 Runs in parallel processes with a progress bar. An interrupted run continues without redoing finished
-files (a finished file is a whole, readable one) and never keeps a half-written one (each is written to
-a temporary name and renamed when complete; temporaries of a dead run are removed). Sources that
+files (a finished file is a whole one whose every checksum holds: a rerun reads each once to check it, and
+prepares a damaged one anew) and never keeps a half-written one (each is written to a temporary name and
+renamed when complete; temporaries of a dead run are removed). `--verify DST` checks a prepared tree and
+lists its damaged files. Sources that
 cannot be read are skipped and listed, with the reason, in DST/prepare_report.json, which also holds
 the sizes before and after.
 """
@@ -60,13 +62,35 @@ def prepared_path(video: Path, src: Path, dst: Path) -> Path:
     return (dst / video.relative_to(src)).with_suffix(FRAMES_SUFFIX)
 
 
-def is_prepared(path: Path) -> bool:
-    """A whole, readable `.frames` file (what a finished preparation left)."""
+def damage(path: Path) -> str | None:
+    """Why the `.frames` file at `path` is not a whole, intact preparation (None when it is): every checksum of
+    its header, index and frames is checked, so this reads the whole file."""
     try:
-        with FramesReader(path):
-            return True
-    except VideoError:
-        return False
+        with FramesReader(path) as reader:
+            reader.verify()
+    except VideoError as err:
+        return str(err)
+    return None
+
+
+def is_prepared(path: Path) -> bool:
+    """A whole `.frames` file whose every checksum holds (what a finished preparation left)."""
+    return path.is_file() and damage(path) is None
+
+
+def verify_tree(dst: str | os.PathLike, workers: int | None = None, progress: bool = True) -> dict:
+    """Check every `.frames` file under `dst` (all their checksums); -> {"files": n, "damaged": [{path, reason}]}."""
+    dst = Path(dst)
+    if not dst.is_dir():
+        raise FileNotFoundError(f"{dst} is not a folder of prepared videos")
+    files = sorted(dst.rglob(f"*{FRAMES_SUFFIX}"))
+    damaged = []
+    with ProcessPoolExecutor(max_workers=workers or min(len(files), os.cpu_count() or 1) or 1) as pool:
+        for path, reason in tqdm(zip(files, pool.map(damage, files, chunksize=8)), total=len(files),
+                                 desc="verifying", unit="file", disable=not progress):
+            if reason is not None:
+                damaged.append({"path": str(path), "reason": reason})
+    return {"files": len(files), "damaged": damaged}
 
 
 def resized_frames(reader: VideoReader, short_side: int) -> Iterator[np.ndarray]:
@@ -202,14 +226,24 @@ def _prepare_locked(src: Path, dst: Path, videos: list[Path], short_side: int, q
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dataset_loader.prepare", description=__doc__.splitlines()[0])
-    p.add_argument("src", help="a video tree KineticsFramePairs reads (a Kinetics tree, a folder with CSVs or lists)")
-    p.add_argument("dst", help="where the prepared copy goes (created; an interrupted run continues in it)")
+    p.add_argument("src", nargs="?", help="a video tree KineticsFramePairs reads (a Kinetics tree, a folder with CSVs "
+                                         "or lists)")
+    p.add_argument("dst", nargs="?", help="where the prepared copy goes (created; an interrupted run continues in "
+                                         "it, redoing any file that fails its checksums)")
+    p.add_argument("--verify", metavar="DST", help="check every .frames file under DST against its checksums and "
+                                                  "list the damaged ones (exit 1 if any); nothing is written")
     p.add_argument("--short-side", type=int, default=256, help="resize frames so the short side is at most this "
                                                                "(0: keep the size)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality")
     p.add_argument("--workers", type=int, default=None, help="processes (default: the cores)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    if a.verify is not None:
+        if a.src or a.dst:
+            p.error("--verify DST takes no SRC DST")
+        return _verify_command(p.prog, a.verify, a.workers, not a.no_progress)
+    if a.src is None or a.dst is None:
+        p.error("give SRC and DST (or --verify DST)")
     try:
         report = prepare(a.src, a.dst, a.short_side, a.quality, a.workers, progress=not a.no_progress)
     except (FileNotFoundError, ValueError, PrepareBusyError) as err:
@@ -223,6 +257,20 @@ def main(argv: list[str] | None = None) -> int:
     for item in report["unreadable"][:5]:
         print(f"  skipped {item['path']}: {item['reason']}")
     return 0
+
+
+def _verify_command(prog: str, dst: str, workers: int | None, progress: bool) -> int:
+    try:
+        result = verify_tree(dst, workers, progress)
+    except FileNotFoundError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{result['files']} prepared files under {dst}: {len(result['damaged'])} damaged")
+    for item in result["damaged"]:
+        print(f"  {item['reason']}")
+    if result["damaged"]:
+        print("running `python -m dataset_loader.prepare SRC DST` again prepares them anew")
+    return 1 if result["damaged"] else 0
 
 
 if __name__ == "__main__":

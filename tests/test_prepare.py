@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset_loader import KineticsFramePairs
+from dataset_loader import BadVideoWarning, KineticsFramePairs
 from dataset_loader.frames_file import FramesReader, write_frames
 from dataset_loader.prepare import REPORT_NAME, PrepareBusyError, is_prepared, main, prepare
 from dataset_loader.synthetic_videos import barcode_frame, encode_video, make_indexed_video, read_barcode
@@ -185,10 +185,58 @@ def test_frames_file_round_trip_and_refusals(tmp_path):
     with pytest.raises(VideoError):
         FramesReader(tmp_path / "bad.frames")
     damaged = bytearray(path.read_bytes())
-    damaged[30:40] = b"\xff" * 10  # inside frame 0's JPEG header
+    damaged[40:50] = b"\xff" * 10  # inside frame 0's JPEG header
     (tmp_path / "damaged.frames").write_bytes(bytes(damaged))
     with FramesReader(tmp_path / "damaged.frames") as reader, pytest.raises(VideoError, match="frame 0"):
         reader.read([0])
+
+
+def flip_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_anywhere_is_found_and_a_damaged_file_is_skipped_listed_and_prepared_anew(tmp_path, capsys):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i in range(3):
+        make_indexed_video(src / "train" / "c" / f"v{i}.mp4", 40, 30, 10)
+    assert main([str(src), str(dst), "--workers", "1", "--no-progress"]) == 0
+    target = dst / "train" / "c" / "v1.frames"
+    intact = target.read_bytes()
+    with FramesReader(target) as reader:
+        middles = [(int(a) + int(b)) // 2 for a, b in zip(reader.offsets[:-1], reader.offsets[1:])]
+    flip_byte(target, middles[7])  # inside frame 7's JPEG data
+    with FramesReader(target) as reader:
+        assert [read_barcode(f) for f in reader.read([6, 8])] == [6, 8]
+        with pytest.raises(VideoError, match="frame 7 is damaged"):
+            reader.read([7])
+    for at in middles:  # every frame damaged: whatever pair the dataset draws, the file is skipped and counted
+        flip_byte(target, at)
+    data = KineticsFramePairs(dst, img_size=32, augment=False)
+    with pytest.warns(BadVideoWarning, match="v1.frames"):
+        for i in range(len(data)):
+            data[i]
+    assert data.num_bad_files == 1
+    capsys.readouterr()
+    assert main(["--verify", str(dst), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "3 prepared files" in out and "1 damaged" in out and str(target) in out
+    assert main([str(src), str(dst), "--workers", "1", "--no-progress"]) == 0  # prepared anew
+    assert "1 prepared now, 2 already prepared" in capsys.readouterr().out
+    assert target.read_bytes() == intact and main(["--verify", str(dst), "--no-progress"]) == 0
+    flip_byte(target, 12)  # the frame rate's numerator in the header
+    with pytest.raises(VideoError, match="damaged header"):
+        FramesReader(target)
+    target.write_bytes(intact)
+    flip_byte(target, len(intact) - 30)  # the index
+    with pytest.raises(VideoError, match="damaged frame index"):
+        FramesReader(target)
+    version_1 = bytearray(intact)
+    version_1[8:12] = (1).to_bytes(4, "little")
+    target.write_bytes(bytes(version_1))
+    with pytest.raises(VideoError, match="version 1, without checksums: run `python -m dataset_loader.prepare"):
+        FramesReader(target)
 
 
 def test_a_second_prepare_into_the_same_folder_is_refused(tmp_path, capsys):
