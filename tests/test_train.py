@@ -319,6 +319,7 @@ def test_resuming_on_other_videos_is_refused_unless_asked_or_the_same_files_move
     assert run(tmp_path / "a", SAMPLE_DIR, "--stop-after-epoch", "1")[0] == 0
     code, err = run(tmp_path / "a", fewer, "--resume", "auto")
     assert code == 1 and len(err.strip().splitlines()) == 1 and f"data: {str(SAMPLE_DIR)!r} -> {str(fewer)!r}" in err
+    assert "--allow-new-data" in err
     with pytest.warns(UserWarning, match=rf"other training videos, as asked .*{SAMPLE_DIR} -> {fewer}"):
         assert run(tmp_path / "a", fewer, "--resume", "auto", "--allow-new-data")[0] == 0
     steps = [int(row[1]) for row in log_rows(Run(tmp_path / "a", "quick").losses)]

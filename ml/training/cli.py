@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         train(config, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
               progress=False if args.no_progress else None, allow_new_data=args.allow_new_data)
     except TrainingStopped as err:
-        print(f"{parser.prog}: {str(err).splitlines()[0]}", file=sys.stderr)
+        message = str(err).splitlines()[0]
+        if "resume" not in message:  # stopped outside the epoch loop, which names the checkpoint to resume from
+            message += "; --resume auto continues from the last checkpoint"
+        print(f"{parser.prog}: {message}", file=sys.stderr)
         return 143 if "SIGTERM" in str(err) else 130
     except KeyboardInterrupt:  # Ctrl-C before the run's own handler is in place, or after it
         print(f"{parser.prog}: interrupted; --resume auto continues from the last checkpoint", file=sys.stderr)

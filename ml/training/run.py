@@ -216,6 +216,9 @@ class Run:
         if str(resume) == "auto":
             if latest is None:
                 return None
+            if any(d.startswith("data:") for d in folder_differences):
+                raise RunError(f"{where}: pass --allow-new-data (allow_new_data=True) to continue on these videos; "
+                               f"else choose another prefix or output folder")
             if folder_differences:
                 raise RunError(f"{where}: to continue from {latest} with the new settings anyway, pass its path as "
                                f"resume; else choose another prefix or output folder")

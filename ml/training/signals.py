@@ -39,8 +39,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
     def handler(signum: int, frame: Any) -> None:
         if request.signal_name is not None:
-            raise TrainingStopped(f"second {signal.Signals(signum).name}: stopping at once, nothing of this epoch "
-                                  f"was saved; --resume auto continues from the last checkpoint")
+            raise TrainingStopped(f"second {signal.Signals(signum).name}: stopping at once")
         request.signal_name = signal.Signals(signum).name
         print_main(f"{request.signal_name} received: stopping after the current optimiser step (again: at once)")
 
