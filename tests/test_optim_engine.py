@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import random
 
 import numpy as np
@@ -214,7 +215,11 @@ def small_state(value: float = 0.0) -> dict:
     return {"model": {"w": torch.arange(6.0) + value}, "epoch": 3, "config": {"lr": 1e-3, "betas": (0.9, 0.95)}}
 
 
-def test_a_full_disk_mid_write_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("code,words", [
+    (errno.ENOSPC, "disk full"), (errno.EDQUOT, "disk quota exceeded"),
+    (errno.EFBIG, r"file too large for the file-size limit \(ulimit -f\) or the filesystem"),
+])
+def test_a_full_disk_mid_write_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, code, words) -> None:
     path = tmp_path / "run" / "checkpoint-last.pth"
     save_checkpoint(small_state(), path)
     good_bytes = path.read_bytes()
@@ -228,7 +233,7 @@ def test_a_full_disk_mid_write_says_so_and_keeps_the_previous_checkpoint(tmp_pat
         def write(self, data) -> int:
             self.written += len(data)
             if self.written > len(good_bytes) // 2:
-                raise OSError(errno.ENOSPC, "No space left on device")
+                raise OSError(code, os.strerror(code))
             return self._f.write(data)
 
         def __getattr__(self, name):
@@ -241,7 +246,7 @@ def test_a_full_disk_mid_write_says_so_and_keeps_the_previous_checkpoint(tmp_pat
             self._f.close()
 
     monkeypatch.setattr(files_module, "open", lambda *a, **k: FullDisk(open(*a, **k)), raising=False)
-    with pytest.raises(DiskFullError, match=r"disk full while writing .*checkpoint-last.pth: .* keeps its previous"):
+    with pytest.raises(DiskFullError, match=rf"{words} while writing .*checkpoint-last.pth: .* keeps its previous"):
         save_checkpoint(small_state(1.0), path)
     monkeypatch.undo()
     assert path.read_bytes() == good_bytes

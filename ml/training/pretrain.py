@@ -18,6 +18,7 @@ no state with a non-finite weight or loss is ever saved.
 from __future__ import annotations
 
 import os
+import resource
 import time
 import warnings
 from dataclasses import dataclass
@@ -181,7 +182,18 @@ def _data_and_model(config: TrainConfig, model: nn.Module | None, train_loader: 
         model = build_model(config)
     else:
         _check_model(config, model)
+    _check_file_size_limit(model)
     return train_loader, test_loader, model
+
+
+def _check_file_size_limit(model: nn.Module) -> None:
+    """ValueError before any work when the process's file-size limit (ulimit -f) is below what a checkpoint
+    takes: the weights and AdamW's two moments."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    need = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    if limit != resource.RLIM_INFINITY and limit < need:
+        raise ValueError(f"the file-size limit (ulimit -f) is {limit:,} bytes, below the {need:,} bytes of a "
+                         f"checkpoint of this model: raise it (ulimit -f unlimited) before training")
 
 
 def _open_run(run: Run, config: TrainConfig, resume: str | os.PathLike | None, device: torch.device,
