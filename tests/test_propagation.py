@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,15 @@ from PIL import Image
 import mae
 from ml.eval import get_protocol, load_encoder, run_evaluation
 from ml.eval.data import davis_palette, read_label_png, write_label_png
-from ml.eval.features import FeatureExtractor, input_size, labels_from_grid, labels_to_grid, one_hot, resize_ids
+from ml.eval.features import (
+    FeatureExtractor,
+    input_size,
+    labels_from_grid,
+    labels_to_grid,
+    load_frame,
+    one_hot,
+    resize_ids,
+)
 from ml.eval.plots import overlay_labels
 from ml.eval.propagation import LabelPropagator, propagate
 from ml.eval.protocols import IMAGENET_STD
@@ -68,6 +77,35 @@ def test_softmax_over_the_top_k_by_hand() -> None:
     out = propagate(query, prop.context(), prop.cell_yx[:1], protocol)
     w = math.exp(2) / (math.exp(2) + 1)  # logits 1/0.5 and 0/0.5; the third key is not in the top 2
     assert out[0].tolist() == pytest.approx([w, 1 - w], abs=1e-6)
+
+
+def test_dino_keeps_every_affinity_tied_at_the_kth_value() -> None:
+    """DINO's label_propagation: exp(affinity / T), everything below the k-th largest set to 0 (ties at the k-th
+    value stay), rows divided by their sum. Two keys tie for the 2nd place: with top-2, both count."""
+    protocol = native("dino", topk=2, neighbourhood="none")
+    keys = torch.tensor([[[1.0, 0.0], [0.6, 0.8], [0.6, -0.8], [-1.0, 0.0]]])  # (1, 4, 2): keys 1 and 2 tie
+    labels = torch.eye(4).reshape(4, 1, 4)  # each key its own class
+    prop = LabelPropagator(keys, labels, protocol)
+    out = propagate(torch.tensor([[1.0, 0.0]]), prop.context(), prop.cell_yx[:1], protocol)
+    e0, e1 = math.exp(1.0 / 0.1), math.exp(0.6 / 0.1)
+    assert out[0].tolist() == pytest.approx([e0 / (e0 + 2 * e1), e1 / (e0 + 2 * e1), e1 / (e0 + 2 * e1), 0.0])
+    exact = propagate(torch.tensor([[1.0, 0.0]]), prop.context(), prop.cell_yx[:1],
+                      protocol.replace(topk_ties="exact_k"))
+    assert sorted(exact[0].tolist())[1] == 0.0  # exactly two keys: one of the tied pair is dropped
+
+
+def test_dino_resizes_the_8_bit_frame_with_opencv(tmp_path: Path) -> None:
+    """The dino protocol's input is OpenCV's fixed-point INTER_LINEAR of the 8-bit frame (whole grey levels), as
+    DINO's read_frame; the crw protocol's is the float formula of the same interpolation."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "f.png")
+    size = (32, 64)
+    expected = torch.from_numpy(cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)).permute(2, 0, 1)
+    dino = load_frame(tmp_path / "f.png", size, get_protocol("dino", "davis").resize)
+    assert torch.equal(dino, expected.float() / 255.0)
+    crw = load_frame(tmp_path / "f.png", size, get_protocol("crw", "davis").resize)
+    assert not torch.equal(crw, dino) and float((crw - dino).abs().max()) <= 1.0 / 255
 
 
 def brute_force_step(frames: list[tuple[torch.Tensor, torch.Tensor, bool]], query: torch.Tensor,

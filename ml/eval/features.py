@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -59,14 +60,18 @@ def grid_size(input_hw: tuple[int, int], patch_size: int) -> tuple[int, int]:
 def load_frame(path: str | os.PathLike, size_hw: tuple[int, int], resize: str = "bilinear") -> torch.Tensor:
     """An RGB image file -> float (3, H, W) in [0, 1] at `size_hw`.
 
-    "bilinear": resized as float pixels without antialiasing (OpenCV's INTER_LINEAR, what the CRW and DINO
-    code use); "bilinear_antialias": PIL's antialiased bilinear on 8-bit pixels.
+    "bilinear": resized as float pixels without antialiasing (INTER_LINEAR's formula, what the CRW code does);
+    "opencv_uint8": OpenCV's own INTER_LINEAR on the 8-bit pixels (fixed-point, rounded to whole grey levels),
+    then converted to float, as DINO's eval_video_segmentation.py (read_frame: cv2.resize, then astype
+    float32 / 255); "bilinear_antialias": PIL's antialiased bilinear on 8-bit pixels.
     """
     with open_image(path) as img:
         img = img.convert("RGB")
         if resize == "bilinear_antialias" and (img.height, img.width) != tuple(size_hw):
             img = img.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8).copy()
+    if resize == "opencv_uint8" and arr.shape[:2] != tuple(size_hw):
+        arr = cv2.resize(arr, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_LINEAR)
     frame = torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
     if tuple(frame.shape[-2:]) != tuple(size_hw):
         frame = F.interpolate(frame[None], size=size_hw, mode="bilinear", align_corners=False, antialias=False)[0]

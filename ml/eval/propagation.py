@@ -110,6 +110,9 @@ def propagate(query: torch.Tensor, context: list[_ContextFrame], cell_yx: torch.
             for i, r in enumerate(restricted):
                 if r:
                     view[:, i].masked_fill_(outside, float("-inf"))
+        if protocol.topk_ties == "kth_value":
+            out[start:stop] = _kth_value_weights(aff, k) @ labels
+            continue
         values, index = aff.topk(min(k, K), dim=1)  # (q, k0), largest first
         del aff
         if repeated:  # the top-k of the multiset: each candidate taken `count` times, in order
@@ -120,6 +123,15 @@ def propagate(query: torch.Tensor, context: list[_ContextFrame], cell_yx: torch.
         weights = values.softmax(dim=1)
         out[start:stop] = torch.einsum("qk,qkc->qc", weights, labels[index])
     return out
+
+
+def _kth_value_weights(aff: torch.Tensor, k: int) -> torch.Tensor:
+    """(q, K) weights as DINO's label_propagation makes them (eval_video_segmentation.py): exp(affinity), every
+    value below the k-th largest of its row set to 0 (ties at the k-th value kept), each row divided by its sum."""
+    weights = aff.exp()  # DINO: torch.exp(bmm / 0.1); outside the neighbourhood exp(-inf) = 0, its mask product
+    kth = weights.topk(min(k, weights.shape[1]), dim=1).values[:, -1:]  # (q, 1)
+    weights[weights < kth] = 0
+    return weights / weights.sum(dim=1, keepdim=True)
 
 
 def neighbourhood(query_yx: torch.Tensor, key_yx: torch.Tensor, protocol: Protocol) -> torch.Tensor:

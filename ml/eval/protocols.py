@@ -42,7 +42,9 @@ class Protocol:
     #                 floored to a multiple of 64; "short_side": short side = size, sides rounded to the patch;
     #                 "native": the frame's size rounded to the patch
     size: Any  # (H, W) for "fixed", an int for the side rules, None for "native"
-    resize: str  # "bilinear": float pixels, no antialiasing (OpenCV's INTER_LINEAR); "bilinear_antialias": PIL's
+    resize: str  # "bilinear": float pixels, no antialiasing (INTER_LINEAR's formula, as the CRW code);
+    #              "opencv_uint8": OpenCV's INTER_LINEAR on the 8-bit image, fixed-point, whole grey levels
+    #              (DINO's eval_video_segmentation.py, read_frame); "bilinear_antialias": PIL's
     pixel_std: tuple[float, float, float]  # the normalisation's standard deviation (mean: ImageNet's)
     pos_interpolation: str  # position table to other grids: "dino" (scale (n + 0.1) / n) or "size"
     # -- the first frame's labels on the feature grid
@@ -58,6 +60,8 @@ class Protocol:
     radius: float  # in feature cells
     temperature: float  # affinity = dot product of unit features / temperature
     topk: int  # the k highest affinities (over all context cells) are kept, softmax-normalised
+    topk_ties: str  # "exact_k": exactly k kept (torch.topk; the CRW code); "kth_value": every affinity at least
+    #                 the k-th largest, ties included (DINO's label_propagation: aff[aff < tk_val_min] = 0)
     # -- soft labels -> predicted label map
     output: str  # "input_then_nearest": bilinear to the encoder input, argmax, nearest-resized to the annotation;
     #              "annotation": bilinear straight to the annotation size, argmax
@@ -92,8 +96,12 @@ class Protocol:
         if not (math.isfinite(self.heatmap_sigma) and self.heatmap_sigma > 0):
             raise ValueError(f"--heatmap-sigma must be a positive finite number, got {self.heatmap_sigma}")
         check_size(self.size_rule, self.size)
+        if self.topk_ties == "kth_value" and self.queue_start == "first_frame_copies":
+            raise ValueError("topk_ties kth_value (DINO's rule) counts each context frame once: it takes "
+                             "queue_start empty")
         for name, allowed in (("size_rule", ("fixed", "long_side_64", "short_side_64", "short_side", "native")),
-                              ("resize", ("bilinear", "bilinear_antialias")),
+                              ("resize", ("bilinear", "opencv_uint8", "bilinear_antialias")),
+                              ("topk_ties", ("exact_k", "kth_value")),
                               ("pos_interpolation", ("dino", "size")),
                               ("labels_to_grid", ("nearest_then_bilinear", "area", "nearest")),
                               ("void_as", ("background", "none")),
@@ -139,13 +147,14 @@ def check_size(rule: str, size: Any) -> None:
 _CRW = dict(
     resize="bilinear", pixel_std=IMAGENET_STD, pos_interpolation="dino", labels_to_grid="nearest_then_bilinear",
     void_as="background", queue_length=20, queue_start="first_frame_copies", neighbourhood="queue",
-    neighbourhood_shape="disk", temperature=0.7, output="input_then_nearest", norm_mask=False,
+    neighbourhood_shape="disk", temperature=0.7, topk_ties="exact_k", output="input_then_nearest", norm_mask=False,
     heatmap="crw_stamp", heatmap_sigma=0.5, keypoint_topk=5, keypoint_coords="cell_corner", skip_empty_joints=True,
 )
 _CAUSAL = dict(
     resize="bilinear_antialias", pixel_std=IMAGENET_STD, pos_interpolation="size", labels_to_grid="area",
     void_as="none", queue_length=20, queue_start="empty", neighbourhood="queue", neighbourhood_shape="disk",
-    temperature=0.7, output="annotation", nearest="floor", norm_mask=False, heatmap="gaussian", heatmap_sigma=0.5,
+    temperature=0.7, topk_ties="exact_k", output="annotation", nearest="floor", norm_mask=False, heatmap="gaussian",
+    heatmap_sigma=0.5,
     keypoint_topk=3, keypoint_coords="cell_centre", skip_empty_joints=False,
 )
 
@@ -166,9 +175,10 @@ _PROTOCOLS: dict[tuple[str, str], dict[str, Any]] = {
     ("causal", "vip"): {**_CAUSAL, "size_rule": "fixed", "size": (560, 560), "topk": 10, "radius": 8.0,
                         "score_first_frame": False},
     ("dino", "davis"): dict(
-        size_rule="short_side_64", size=480, resize="bilinear", pixel_std=DINO_STD, pos_interpolation="dino",
+        size_rule="short_side_64", size=480, resize="opencv_uint8", pixel_std=DINO_STD, pos_interpolation="dino",
         labels_to_grid="nearest", void_as="background", queue_length=7, queue_start="empty", neighbourhood="all",
-        neighbourhood_shape="square", radius=12.0, temperature=0.1, topk=5, output="input_then_nearest",
+        neighbourhood_shape="square", radius=12.0, temperature=0.1, topk=5, topk_ties="kth_value",
+        output="input_then_nearest",
         nearest="centre", norm_mask=True, heatmap="gaussian", heatmap_sigma=0.5, keypoint_topk=3,
         keypoint_coords="cell_centre", skip_empty_joints=False, score_first_frame=False,
     ),
