@@ -3,6 +3,7 @@ algorithm written out."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -27,8 +28,8 @@ from ml.eval.features import (
 )
 from ml.eval.plots import overlay_labels
 from ml.eval.propagation import LabelPropagator, propagate
-from ml.eval.protocols import IMAGENET_STD
-from tests.conftest import native
+from ml.eval.protocols import IMAGENET_STD, TABLE_END, TABLE_START, Protocol, protocol_table
+from tests.conftest import REPO, native
 
 
 # ----------------------------------------------------------------- protocols
@@ -66,6 +67,17 @@ def test_input_size_rules() -> None:
     for size in ((7, 7), (20, 40)):  # not whole patches
         with pytest.raises(ValueError, match="--size: frames of 480x854 become"):
             input_size((480, 854), 16, get_protocol("crw", "davis", size=size))
+
+
+def test_the_protocol_table_of_the_evaluation_doc_is_the_code() -> None:
+    """dataset/EVALUATION.md's table of every protocol field equals what the protocol definitions give."""
+    text = (REPO / "dataset" / "EVALUATION.md").read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    assert text[start:end].strip() == protocol_table(), "run: python -m ml.evaluate protocols --write " \
+                                                        "dataset/EVALUATION.md"
+    rows = {line.split(" | ")[0].strip("| `"): line for line in protocol_table().splitlines()[2:]}
+    assert set(rows) == {f.name for f in dataclasses.fields(Protocol)} - {"name", "dataset"}
+    assert rows["topk_ties"].endswith("| kth_value |") and rows["resize"].endswith("| opencv_uint8 |")
 
 
 # ----------------------------------------------------------------- propagation core

@@ -24,7 +24,7 @@ from ml.eval.benchmarks import BENCHMARKS, DEFAULT_PROTOCOL, run_benchmark
 from ml.eval.encoders import DEFAULT_ARCH, load_encoder
 from ml.eval.features import FeatureExtractor
 from ml.eval.propagation import DEFAULT_MAX_AFFINITY_ELEMENTS
-from ml.eval.protocols import PROTOCOLS, Protocol, get_protocol
+from ml.eval.protocols import PROTOCOLS, Protocol, get_protocol, protocol_table, write_protocol_table
 from ml.eval.score import score_davis, score_vip
 from ml.eval.store import StoreError, check_output_folder
 from ml.training.distributed import resolve_device
@@ -116,7 +116,7 @@ def _parse_size(text: str) -> int | tuple[int, int] | str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ml.evaluate", description="Label propagation with frozen features: "
                                 "DAVIS-2017 J&F, JHMDB PCK, VIP mIoU (dataset/EVALUATION.md).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{davis,jhmdb,vip,score}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{davis,jhmdb,vip,score,protocols}")
     for dataset in BENCHMARKS:
         e = sub.add_parser(dataset, help=f"evaluate an encoder on {dataset}")
         e.add_argument("--checkpoint", required=True,
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--batch-size", type=int, default=1, help="frames encoded at once")
         e.add_argument("--seed", type=int, default=0, help="seed of --checkpoint random")
         e.add_argument("--no-progress", action="store_true", help="no progress bars (the summary line stays)")
+    t = sub.add_parser("protocols", help="every field of every protocol as a markdown table")
+    t.add_argument("--write", metavar="FILE", help="rewrite the table between FILE's protocols markers instead of "
+                                                  "printing it (dataset/EVALUATION.md)")
     s = sub.add_parser("score", help="score a folder of predicted masks (official layout)")
     s.add_argument("dataset", choices=("davis", "vip"))
     s.add_argument("--data", required=True, help="dataset root with the annotations")
@@ -161,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
     a = parser.parse_args(argv)
+    if a.command == "protocols":
+        if a.write:
+            write_protocol_table(a.write)
+        else:
+            print(protocol_table())
+        return {}
     if a.command == "score":
         if a.dataset == "davis":
             if a.list_file or a.skip_first:

@@ -178,8 +178,8 @@ _PROTOCOLS: dict[tuple[str, str], dict[str, Any]] = {
         size_rule="short_side_64", size=480, resize="opencv_uint8", pixel_std=DINO_STD, pos_interpolation="dino",
         labels_to_grid="nearest", void_as="background", queue_length=7, queue_start="empty", neighbourhood="all",
         neighbourhood_shape="square", radius=12.0, temperature=0.1, topk=5, topk_ties="kth_value",
-        output="input_then_nearest",
-        nearest="centre", norm_mask=True, heatmap="gaussian", heatmap_sigma=0.5, keypoint_topk=3,
+        output="input_then_nearest", nearest="centre", norm_mask=True, heatmap="gaussian", heatmap_sigma=0.5,
+        keypoint_topk=3,
         keypoint_coords="cell_centre", skip_empty_joints=False, score_first_frame=False,
     ),
 }
@@ -195,3 +195,35 @@ def get_protocol(name: str, dataset: str, **overrides: Any) -> Protocol:
         defined = ", ".join(d for n, d in _PROTOCOLS if n == name)
         raise ValueError(f"--protocol: {name} is defined for {defined} only, not {dataset}")
     return Protocol(name=name, dataset=dataset, **_PROTOCOLS[(name, dataset)]).replace(**overrides)
+
+
+# ---------------------------------------------------------------- the table in dataset/EVALUATION.md
+TABLE_START, TABLE_END = "<!-- protocols:start -->", "<!-- protocols:end -->"
+
+
+def protocol_table() -> str:
+    """Every field of every protocol as a markdown table (generated into dataset/EVALUATION.md, checked by a test,
+    so the document says what the code does)."""
+    names = [f.name for f in dataclasses.fields(Protocol) if f.name not in ("name", "dataset")]
+    columns = list(_PROTOCOLS)
+    lines = ["| field | " + " | ".join(f"`{n}` {d}" for n, d in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for field_name in names:
+        values = [get_protocol(n, d).to_dict()[field_name] for n, d in columns]
+        lines.append(f"| `{field_name}` | " + " | ".join(_cell(v) for v in values) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "x".join(str(v) for v in value) if all(isinstance(v, int) for v in value) else str(tuple(value))
+    return "-" if value is None else str(value)
+
+
+def write_protocol_table(path: str) -> None:
+    """Rewrite the table between the markers of `path` (`python -m ml.evaluate protocols --write FILE`)."""
+    with open(path) as f:
+        text = f.read()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    with open(path, "w") as f:
+        f.write(text[:start] + "\n" + protocol_table() + "\n" + text[end:])
