@@ -79,13 +79,16 @@ def load_frame(path: str | os.PathLike, size_hw: tuple[int, int], resize: str = 
 
 
 def resize_ids(ids: np.ndarray | torch.Tensor, size_hw: tuple[int, int], nearest: str = "floor") -> torch.Tensor:
-    """A label map (H, W) resized by nearest neighbour: "floor" (OpenCV INTER_NEAREST: source = floor(dst x scale))
-    or "centre" (PIL NEAREST: source = floor((dst + 0.5) x scale))."""
+    """A label map (H, W) of ids 0..255 resized by nearest neighbour: "floor" (OpenCV INTER_NEAREST: source =
+    floor(dst x scale)) or "centre" (PIL NEAREST itself: source = (dst + 0.5) x scale in PIL's 16.16 fixed point,
+    which the exact formula misses by a column now and then, e.g. 832 -> 854)."""
     ids = torch.as_tensor(np.asarray(ids)).long()
     if tuple(ids.shape) == tuple(size_hw):
         return ids
-    mode = "nearest" if nearest == "floor" else "nearest-exact"
-    return F.interpolate(ids[None, None].float(), size=size_hw, mode=mode)[0, 0].round().long()
+    if nearest == "centre":
+        image = Image.fromarray(ids.to(torch.uint8).cpu().numpy())
+        return torch.from_numpy(np.array(image.resize((size_hw[1], size_hw[0]), Image.NEAREST))).long()
+    return F.interpolate(ids[None, None].float(), size=size_hw, mode="nearest")[0, 0].round().long()
 
 
 def one_hot(ids: np.ndarray | torch.Tensor, num_classes: int, void: str = "none",

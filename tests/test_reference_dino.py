@@ -1,0 +1,62 @@
+"""The dino protocol writes exactly the masks of DINO's own eval_video_segmentation.py (the fixtures were written by
+tests/reference/run_dino.py: DINO's code at a pinned commit, in a venv of its own, on the CPU, with the same seeded
+ViT-S/16 in the official MAE key layout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml.eval import load_encoder, run_evaluation
+from ml.eval.data import write_textured_davis
+from tests.conftest import REPO
+
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def masks_equal_to_dino(data: Path, sequence: str, reference: Path, out: Path) -> list[float]:
+    """Our dino-protocol masks of `sequence` against DINO's: the share of equal pixels per predicted frame."""
+    encoder, _ = load_encoder("random", "siammae_vit_small_patch16", seed=0)
+    run_evaluation("davis", data, out, encoder=encoder, arch="siammae_vit_small_patch16", protocol="dino",
+                   sequences=[sequence], progress=False)
+    shares = []
+    for expected in sorted((reference / sequence).glob("*.png"))[1:]:  # frame 0 is the given annotation
+        ours = np.array(Image.open(out / "masks" / sequence / expected.name))
+        shares.append(float((ours == np.array(Image.open(expected))).mean()))
+    assert len(shares) >= 4
+    return shares
+
+
+def test_dino_protocol_equals_dinos_code_on_the_shipped_textured_sequence(tmp_path: Path) -> None:
+    """Real texture from the shipped sample clips, two objects that move, grow and occlude, 8 frames at 854x480
+    (ml.eval.data.write_textured_davis)."""
+    shares = masks_equal_to_dino(FIXTURES / "textured_davis", "textured", FIXTURES / "dino" / "textured", tmp_path)
+    assert shares == [1.0] * len(shares)
+
+
+def test_dino_protocol_equals_dinos_code_on_davis_mini(davis_mini: Path, tmp_path: Path) -> None:
+    shares = masks_equal_to_dino(davis_mini, "street", FIXTURES / "dino" / "davis_mini", tmp_path)
+    assert shares == [1.0] * len(shares)
+
+
+def test_the_shipped_textured_sequence_is_what_the_generator_writes(tmp_path: Path) -> None:
+    write_textured_davis(tmp_path)
+    for shipped in sorted((FIXTURES / "textured_davis").rglob("*.*")):
+        made = tmp_path / shipped.relative_to(FIXTURES / "textured_davis")
+        if shipped.suffix == ".jpg":  # JPEG encoders may differ by a grey level across builds
+            a, b = (np.asarray(Image.open(p), dtype=np.int16) for p in (shipped, made))
+            assert np.abs(a - b).max() <= 2, shipped
+        else:
+            assert made.read_bytes() == shipped.read_bytes(), shipped
+
+
+@pytest.mark.parametrize("sequence", ["textured"])
+def test_the_textured_masks_are_exact_and_the_objects_overlap(sequence: str) -> None:
+    masks = [np.array(Image.open(p)) for p in sorted((FIXTURES / "textured_davis" / "Annotations" / "480p" /
+                                                      sequence).glob("*.png"))]
+    assert len(masks) >= 8 and masks[0].shape == (480, 854)
+    assert all(set(np.unique(m)) == {0, 1, 2} for m in masks)
+    assert (masks[-1] == 1).sum() < 0.8 * (masks[0] == 1).sum() * (1.05 ** 7) ** 2  # the first object is occluded
