@@ -1,6 +1,7 @@
-"""The dino protocol writes exactly the masks of DINO's own eval_video_segmentation.py (the fixtures were written by
-tests/reference/run_dino.py: DINO's code at a pinned commit, in a venv of its own, on the CPU, with the same seeded
-ViT-S/16 in the official MAE key layout)."""
+"""Each protocol writes exactly the masks of its reference code: `dino` those of DINO's eval_video_segmentation.py,
+`crw` those of CropMAE's copy of the CRW propagation code. The fixtures were written by tests/reference/run_dino.py
+and run_cropmae.py: the reference at a pinned commit, in a venv of its own, on the CPU, with the same seeded
+ViT-S/16 in the official MAE key layout."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from tests.conftest import REPO
 FIXTURES = REPO / "tests" / "fixtures"
 
 
-def masks_equal_to_dino(data: Path, sequence: str, reference: Path, out: Path) -> list[float]:
-    """Our dino-protocol masks of `sequence` against DINO's: the share of equal pixels per predicted frame."""
+def agreement(protocol: str, data: Path, sequence: str, reference: Path, out: Path) -> list[float]:
+    """Our masks of `sequence` under `protocol` against the reference's: the share of equal pixels per predicted
+    frame."""
     encoder, _ = load_encoder("random", "siammae_vit_small_patch16", seed=0)
-    run_evaluation("davis", data, out, encoder=encoder, arch="siammae_vit_small_patch16", protocol="dino",
+    run_evaluation("davis", data, out, encoder=encoder, arch="siammae_vit_small_patch16", protocol=protocol,
                    sequences=[sequence], progress=False)
     shares = []
     for expected in sorted((reference / sequence).glob("*.png"))[1:]:  # frame 0 is the given annotation
@@ -30,15 +32,17 @@ def masks_equal_to_dino(data: Path, sequence: str, reference: Path, out: Path) -
     return shares
 
 
-def test_dino_protocol_equals_dinos_code_on_the_shipped_textured_sequence(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["dino", "crw"])
+def test_each_protocol_equals_its_reference_on_the_shipped_textured_sequence(tmp_path: Path, protocol: str) -> None:
     """Real texture from the shipped sample clips, two objects that move, grow and occlude, 8 frames at 854x480
     (ml.eval.data.write_textured_davis)."""
-    shares = masks_equal_to_dino(FIXTURES / "textured_davis", "textured", FIXTURES / "dino" / "textured", tmp_path)
+    shares = agreement(protocol, FIXTURES / "textured_davis", "textured", FIXTURES / protocol / "textured", tmp_path)
     assert shares == [1.0] * len(shares)
 
 
-def test_dino_protocol_equals_dinos_code_on_davis_mini(davis_mini: Path, tmp_path: Path) -> None:
-    shares = masks_equal_to_dino(davis_mini, "street", FIXTURES / "dino" / "davis_mini", tmp_path)
+@pytest.mark.parametrize("protocol", ["dino", "crw"])
+def test_each_protocol_equals_its_reference_on_davis_mini(davis_mini: Path, tmp_path: Path, protocol: str) -> None:
+    shares = agreement(protocol, davis_mini, "street", FIXTURES / protocol / "davis_mini", tmp_path)
     assert shares == [1.0] * len(shares)
 
 

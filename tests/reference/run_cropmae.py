@@ -1,0 +1,79 @@
+"""Run CropMAE's copy of the CRW label-propagation code on a DAVIS-layout folder, on the CPU, and keep its masks.
+
+    python tests/reference/run_cropmae.py --davis tests/fixtures/textured_davis --out tests/fixtures/crw/textured
+
+The reference is CropMAE's `downstreams/propagation` (src/test.py, then src/eval/convert_davis.py), from a
+checkout at CROPMAE_COMMIT (`--cropmae PATH`, or cloned from GitHub), in a venv of its own at this project's pins,
+with its DAVIS settings as its `start.py` sets them (temperature 0.7, top-7, radius 20, 20 frames of context,
+480x880) and the seeded random ViT-S/16 of `ml.eval.load_encoder("random", ...)` (its loader matches every key).
+Changed around the code, none inside it: the device is the CPU, data-loader workers 0, `wandb` (imported by the
+package, unused here) is an empty module, this project's torchvision shim runs first, and the data is a copy (the
+code caches resized labels as .npy files beside the annotations).
+`tests/test_reference.py` compares our `crw` protocol's masks with what this writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from common import BASE_PACKAGES, LOAD_SHIM, REPO, TORCHVISION_SHIM, checkout, venv_python, write_weights
+
+CROPMAE_COMMIT = "5d0dab2e4d202a65ab54860f51fa1145e6f3c315"
+CROPMAE_URL = "https://github.com/alexandre-eymael/CropMAE"
+PACKAGES = [*BASE_PACKAGES, "timm==1.0.31", "huggingface_hub==2.4.0", "safetensors==0.8.0", "PyYAML==6.0.4",
+            "scipy==1.17.1", "matplotlib==3.11.2", "imageio==2.38.2", "scikit-image==0.26.0",
+            "pandas==3.1.1"]
+
+RUNNER = LOAD_SHIM + '''
+import types
+from argparse import Namespace
+from pathlib import Path
+sys.modules["wandb"] = types.ModuleType("wandb")  # imported by the package's start.py, not used here
+cropmae, weights, davis, out, tmp = sys.argv[2:]
+sys.path.insert(0, cropmae)
+from downstreams.propagation.src.test import main as propagate
+from downstreams.propagation.src.eval.convert_davis import main as convert
+
+sequences = Path(davis, "ImageSets/2017/val.txt").read_text().split()
+filelist = Path(tmp, "davis_vallist.txt")  # the code keys its DAVIS output on "davis" in this name
+filelist.write_text("".join(f"{davis}/JPEGImages/480p/{s} {davis}/Annotations/480p/{s}\\n" for s in sequences))
+results = f"{tmp}/results/"
+propagate(Namespace(model_type="vits16", resume=weights, save_path=results, temperature=0.7, topk=7, radius=20,
+                    video_len=20, crop_size=[480, 880], img_size=[480, 880], filelist=str(filelist), batch_size=5,
+                    workers=0, seed=0, no_l2=False, norm_mask=False, long_mem=[0], device="cpu"))
+convert(Namespace(out_folder=f"{out}/", in_folder=results, dataset=davis, set="val"))
+'''
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--davis", required=True, type=Path, help="a DAVIS-layout folder (ImageSets/2017/val.txt)")
+    p.add_argument("--out", required=True, type=Path, help="where the reference's masks are copied")
+    p.add_argument("--cropmae", type=Path, help=f"a checkout of {CROPMAE_URL} at {CROPMAE_COMMIT} (default: cloned)")
+    p.add_argument("--work", type=Path, default=REPO / "outputs" / "reference", help="venv, checkout, weights")
+    a = p.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    cropmae = checkout(CROPMAE_URL, CROPMAE_COMMIT, a.cropmae, a.work)
+    python = venv_python(a.work / "cropmae-venv", PACKAGES)
+    weights = a.work / "vit_small_16_seed0_mae_keys.pth"
+    write_weights(weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = Path(tmp) / "runner.py"
+        runner.write_text(RUNNER)
+        masks = Path(tmp) / "masks"
+        davis = Path(tmp) / "davis"  # a copy: the code caches resized labels (.npy) beside the annotations
+        shutil.copytree(a.davis, davis)
+        subprocess.run([str(python), str(runner), str(TORCHVISION_SHIM), str(cropmae), str(weights), str(davis),
+                        str(masks), tmp], check=True)
+        if a.out.exists():
+            shutil.rmtree(a.out)
+        shutil.copytree(masks, a.out)
+    print(f"CropMAE's masks ({CROPMAE_COMMIT[:7]}) of {a.davis} -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()
