@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,3 +56,35 @@ def write_weights(path: Path) -> None:
 
     encoder, _ = load_encoder("random", "siammae_vit_small_patch16", seed=0)
     torch.save({"model": encoder.state_dict()}, path)
+
+
+def run_reference(description: str, name: str, url: str, commit: str, packages: list[str], runner: str,
+                  arguments: Callable[[Path, Path, Path, Path, Path], list[str]], argv: list[str] | None = None,
+                  copy_data: bool = False) -> None:
+    """The command line of a reference run: --davis, --out, --<name> (a checkout), --work. Runs `runner` in the
+    reference's venv with the shim's path, then `arguments(checkout, weights, davis, masks, tmp)`, and copies the
+    masks it writes into --out. `copy_data`: give the code a copy of --davis (for code that writes beside it)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--davis", required=True, type=Path, help="a DAVIS-layout folder (ImageSets/2017/val.txt)")
+    p.add_argument("--out", required=True, type=Path, help="where the reference's masks are copied")
+    p.add_argument(f"--{name}", type=Path, dest="checkout", help=f"a checkout of {url} at {commit} (default: cloned)")
+    p.add_argument("--work", type=Path, default=REPO / "outputs" / "reference", help="venv, checkout, weights")
+    a = p.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    code = checkout(url, commit, a.checkout, a.work)
+    python = venv_python(a.work / f"{name}-venv", packages)
+    weights = a.work / "vit_small_16_seed0_mae_keys.pth"
+    write_weights(weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "runner.py"
+        script.write_text(runner)
+        masks, davis = Path(tmp) / "masks", a.davis
+        if copy_data:
+            davis = Path(tmp) / "davis"
+            shutil.copytree(a.davis, davis)
+        subprocess.run([str(python), str(script), str(TORCHVISION_SHIM),
+                        *arguments(code, weights, davis, masks, Path(tmp))], check=True)
+        if a.out.exists():
+            shutil.rmtree(a.out)
+        shutil.copytree(masks, a.out)
+    print(f"{name}'s masks ({commit[:7]}) of {a.davis} -> {a.out}")

@@ -14,13 +14,7 @@ code caches resized labels as .npy files beside the annotations).
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
-from common import BASE_PACKAGES, LOAD_SHIM, REPO, TORCHVISION_SHIM, checkout, venv_python, write_weights
+from common import BASE_PACKAGES, LOAD_SHIM, run_reference
 
 CROPMAE_COMMIT = "5d0dab2e4d202a65ab54860f51fa1145e6f3c315"
 CROPMAE_URL = "https://github.com/alexandre-eymael/CropMAE"
@@ -50,29 +44,9 @@ convert(Namespace(out_folder=f"{out}/", in_folder=results, dataset=davis, set="v
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--davis", required=True, type=Path, help="a DAVIS-layout folder (ImageSets/2017/val.txt)")
-    p.add_argument("--out", required=True, type=Path, help="where the reference's masks are copied")
-    p.add_argument("--cropmae", type=Path, help=f"a checkout of {CROPMAE_URL} at {CROPMAE_COMMIT} (default: cloned)")
-    p.add_argument("--work", type=Path, default=REPO / "outputs" / "reference", help="venv, checkout, weights")
-    a = p.parse_args(argv)
-    a.work.mkdir(parents=True, exist_ok=True)
-    cropmae = checkout(CROPMAE_URL, CROPMAE_COMMIT, a.cropmae, a.work)
-    python = venv_python(a.work / "cropmae-venv", PACKAGES)
-    weights = a.work / "vit_small_16_seed0_mae_keys.pth"
-    write_weights(weights)
-    with tempfile.TemporaryDirectory() as tmp:
-        runner = Path(tmp) / "runner.py"
-        runner.write_text(RUNNER)
-        masks = Path(tmp) / "masks"
-        davis = Path(tmp) / "davis"  # a copy: the code caches resized labels (.npy) beside the annotations
-        shutil.copytree(a.davis, davis)
-        subprocess.run([str(python), str(runner), str(TORCHVISION_SHIM), str(cropmae), str(weights), str(davis),
-                        str(masks), tmp], check=True)
-        if a.out.exists():
-            shutil.rmtree(a.out)
-        shutil.copytree(masks, a.out)
-    print(f"CropMAE's masks ({CROPMAE_COMMIT[:7]}) of {a.davis} -> {a.out}")
+    run_reference(__doc__.splitlines()[0], "cropmae", CROPMAE_URL, CROPMAE_COMMIT, PACKAGES, RUNNER,
+                  lambda code, weights, davis, masks, tmp: [str(code), str(weights), str(davis), str(masks), str(tmp)],
+                  argv, copy_data=True)  # the code caches resized labels (.npy) beside the annotations
 
 
 if __name__ == "__main__":

@@ -15,13 +15,7 @@ locally (only the colours of the PNGs depend on it), and this project's torchvis
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
-from common import BASE_PACKAGES, LOAD_SHIM, REPO, TORCHVISION_SHIM, checkout, venv_python, write_weights
+from common import BASE_PACKAGES, LOAD_SHIM, run_reference
 
 DINO_COMMIT = "7c446df5b9f45747937fb0d72314eb9f7b66930a"
 DINO_URL = "https://github.com/facebookresearch/dino"
@@ -56,29 +50,11 @@ runpy.run_path(script, run_name="__main__")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--davis", required=True, type=Path, help="a DAVIS-layout folder (ImageSets/2017/val.txt)")
-    p.add_argument("--out", required=True, type=Path, help="where the reference's masks are copied")
-    p.add_argument("--dino", type=Path, help=f"a checkout of {DINO_URL} at {DINO_COMMIT} (default: cloned)")
-    p.add_argument("--work", type=Path, default=REPO / "outputs" / "reference", help="venv, checkout, weights")
-    a = p.parse_args(argv)
-    a.work.mkdir(parents=True, exist_ok=True)
-    dino = checkout(DINO_URL, DINO_COMMIT, a.dino, a.work)
-    python = venv_python(a.work / "dino-venv", BASE_PACKAGES)
-    weights = a.work / "vit_small_16_seed0_mae_keys.pth"
-    write_weights(weights)
-    with tempfile.TemporaryDirectory() as tmp:
-        runner = Path(tmp) / "runner.py"
-        runner.write_text(RUNNER)
-        masks = Path(tmp) / "masks"
-        subprocess.run([str(python), str(runner), str(TORCHVISION_SHIM), str(dino / "eval_video_segmentation.py"),
-                        "--arch", "vit_small", "--patch_size", "16", "--pretrained_weights", str(weights),
-                        "--checkpoint_key", "model", "--data_path", str(a.davis), "--output_dir", str(masks)],
-                       check=True)
-        if a.out.exists():
-            shutil.rmtree(a.out)
-        shutil.copytree(masks, a.out)
-    print(f"DINO's masks ({DINO_COMMIT[:7]}) of {a.davis} -> {a.out}")
+    run_reference(__doc__.splitlines()[0], "dino", DINO_URL, DINO_COMMIT, BASE_PACKAGES, RUNNER,
+                  lambda code, weights, davis, masks, tmp: [
+                      str(code / "eval_video_segmentation.py"), "--arch", "vit_small", "--patch_size", "16",
+                      "--pretrained_weights", str(weights), "--checkpoint_key", "model", "--data_path", str(davis),
+                      "--output_dir", str(masks)], argv)
 
 
 if __name__ == "__main__":
