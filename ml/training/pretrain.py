@@ -88,7 +88,6 @@ def _check_model(config: TrainConfig, model: nn.Module) -> None:
             f"{k} ({have.get(k)!r} vs {wanted.get(k)!r})" for k in differences))
 
 
-
 # ---------------------------------------------------------------- the whole run
 def train(
     config: TrainConfig,
