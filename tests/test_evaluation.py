@@ -291,6 +291,36 @@ def test_checkpoints_load_or_fail_clearly(tmp_path: Path) -> None:
     assert torch.equal(random_a.patch_embed.proj.weight, random_b.patch_embed.proj.weight)
 
 
+def test_encoders_of_other_projects_load_by_their_key_layout(tmp_path: Path, capsys) -> None:
+    """DINO's full checkpoint and released backbone, a timm ViT state dict, an MAE/CropMAE checkpoint with its
+    decoder: the encoder loads from each, one line says the layout and what was left out; a file of another
+    architecture is refused naming the keys."""
+    torch.manual_seed(2)
+    encoder = create_model("siammae_tiny").encoder.state_dict()
+    head = {"head.weight": torch.randn(10, 192), "head.bias": torch.zeros(10)}
+    layouts = {
+        "dino_full.pth": ({"teacher": {**{f"backbone.{k}": v for k, v in encoder.items()},
+                                       "head.mlp.0.weight": torch.randn(4, 192), "head.last_layer.weight_g":
+                                       torch.ones(1, 1)},
+                           "student": {f"module.backbone.{k}": v for k, v in encoder.items()}, "epoch": 100},
+                          "DINO full checkpoint (teacher)"),
+        "dino_backbone.pth": (dict(encoder), "plain ViT state dict"),
+        "timm_vit.pth": ({**encoder, **head}, "plain ViT state dict"),
+        "cropmae.pth": ({"model": {**encoder, "decoder_embed.weight": torch.randn(8, 192), "mask_token":
+                                   torch.zeros(1, 1, 8)}, "epoch": 3}, "MAE/CropMAE checkpoint"),
+    }
+    for name, (content, layout) in layouts.items():
+        torch.save(content, tmp_path / name)
+        loaded, _ = load_encoder(tmp_path / name, "siammae_tiny")
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in encoder.items()), name
+        said = capsys.readouterr().out
+        assert layout in said and len(said.strip().splitlines()) == 1, said
+        assert ("ignored" in said) == (name in ("dino_full.pth", "timm_vit.pth", "cropmae.pth")), said
+    with pytest.raises(mae.CheckpointError, match=r"timm_vit.pth \(plain ViT state dict.*\) does not fit "
+                                                  r"siammae_vit_small_patch16: .*shape mismatch"):
+        load_encoder(tmp_path / "timm_vit.pth", "siammae_vit_small_patch16")
+
+
 # ----------------------------------------------------------------- JHMDB
 def write_synthetic_jhmdb(root: Path, frames: int = 6, size: tuple[int, int] = (64, 80)) -> np.ndarray:
     """15 coloured 8x8 squares (one per joint) translating together; returns the true joints (T, 15, 2)."""

@@ -30,7 +30,13 @@ from typing import Any
 
 import torch
 
-from mae.pretrained import CheckpointError, extract_state_dict, load_checkpoint_file, load_mae_weights
+from mae.pretrained import (
+    CheckpointError,
+    encoder_state_dict,
+    extract_state_dict,
+    load_checkpoint_file,
+    load_mae_weights,
+)
 from ml.files import atomic_file
 from ml.model import SiamMAE, create_model, load_mae_encoder
 
@@ -216,10 +222,16 @@ def prepare_model(chkpt_dir: str | os.PathLike, arch: str | None = None) -> Siam
     if arch is None:
         raise ValueError(f"{path} is not a checkpoint of this project: pass the preset (arch) to build")
     model = create_model(arch)
-    state_dict = extract_state_dict(checkpoint)
+    state_dict = extract_state_dict(checkpoint) if "teacher" not in checkpoint else {}
     if any(k.startswith(("encoder.", "decoder.")) for k in state_dict):  # a bare SiamMAE state dict
         load_mae_weights(model, state_dict, allowed_missing_prefixes=())
-    else:
-        report = load_mae_encoder(model, state_dict)
-        print(f"{arch}: encoder from MAE checkpoint {path}: {report}")
+        return model
+    layout, encoder, ignored = encoder_state_dict(checkpoint)
+    try:
+        report = load_mae_encoder(model, encoder)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path} ({layout}) does not fit {arch}: {str(err).splitlines()[0]}") from None
+    dropped = sorted({k.split(".")[0].removesuffix("_embed") for k in ignored})
+    print(f"{arch}: encoder from {path}, {layout}: {report}" + (f"; ignored {len(ignored)} tensors of "
+          f"{', '.join(dropped)}" if ignored else ""))
     return model
