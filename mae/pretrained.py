@@ -79,26 +79,23 @@ def extract_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-# heads and decoders that other projects' checkpoints hold beside a ViT encoder: dropped when only the encoder loads
-FOREIGN_HEADS = ("head.", "fc_norm.", *DECODER_PREFIXES)
-
-
 def encoder_state_dict(checkpoint: Mapping) -> tuple[str, dict[str, torch.Tensor], list[str]]:
     """The ViT encoder weights of a checkpoint in one of the layouts users bring, named by its keys:
     (layout, state dict with MAE's encoder key names, keys left out).
 
-    DINO's full checkpoint (`teacher` with `backbone.`/`head.` prefixes), DINO's released backbones and timm
-    ViT state dicts (plain keys, a classifier `head.`), MAE's and CropMAE's checkpoints (`{'model': ...}`,
-    encoder and decoder keys); DistributedDataParallel's `module.` is stripped everywhere.
+    DINO's full checkpoint (`teacher`: `backbone.` encoder, `head.` projection head, left out), DINO's released
+    backbones and timm ViT state dicts (plain keys; a classifier `head.`, left out), MAE's and CropMAE's
+    checkpoints (`{'model': ...}`; the decoder and mask token left out, anything else must be the encoder's);
+    DistributedDataParallel's `module.` is stripped everywhere.
     """
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("teacher"), Mapping):
-        layout, raw = "DINO full checkpoint (teacher)", checkpoint["teacher"]
+        layout, raw, foreign = "DINO full checkpoint (teacher)", checkpoint["teacher"], ("head.",)
     elif isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
-        layout, raw = "MAE/CropMAE checkpoint ({'model': ...})", checkpoint["model"]
+        layout, raw, foreign = "MAE/CropMAE checkpoint ({'model': ...})", checkpoint["model"], DECODER_PREFIXES
     else:
-        layout, raw = "plain ViT state dict (DINO backbone, timm)", checkpoint
+        layout, raw, foreign = "plain ViT state dict (DINO backbone, timm)", checkpoint, ("head.",)
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in extract_state_dict(raw).items()}
-    ignored = sorted(k for k in state if k.startswith(FOREIGN_HEADS))
+    ignored = sorted(k for k in state if k.startswith(foreign))
     return layout, {k: v for k, v in state.items() if k not in ignored}, ignored
 
 
