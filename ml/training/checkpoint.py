@@ -83,7 +83,12 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read and verify a checkpoint of this format; CheckpointError when missing, truncated, unsafe,
     of another format, failing its checksum, or holding non-finite weights."""
-    ckpt = load_checkpoint_file(path)
+    return verify_checkpoint(load_checkpoint_file(path), path)
+
+
+def verify_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict:
+    """`ckpt` (read from `path`) when it is a checkpoint of this format that passes its checks (format, checksum,
+    finite weights); CheckpointError naming `path` otherwise."""
     check_format(ckpt, path)
     stored = ckpt.get("payload_crc32")
     if stored is None or payload_checksum(ckpt) != int(stored):
@@ -212,7 +217,7 @@ def prepare_model(chkpt_dir: str | os.PathLike, arch: str | None = None) -> Siam
         raise CheckpointError(str(err)) from None
     checkpoint = load_checkpoint_file(path)
     if is_project_checkpoint(checkpoint):
-        checkpoint = load_checkpoint(path)  # verified
+        checkpoint = verify_checkpoint(checkpoint, path)
         saved_arch = checkpoint.get("config", {}).get("arch")
         if arch is not None and saved_arch != arch:
             raise CheckpointError(f"{path} holds a {saved_arch!r} model, not the requested {arch!r}")

@@ -10,9 +10,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dataset_loader.transforms import denormalize, normalize
+from dataset_loader.transforms import denormalize
 from ml.model import reconstruct
 from ml.training.config import TrainConfig
+from ml.training.engine import to_model_input
 from ml.training.run import Run
 
 
@@ -48,6 +49,6 @@ class TensorBoard:
 
 def reconstruction_strip(model: nn.Module, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
     """(3, H, 4W) in [0, 1]: f1, f2's visible patches, the prediction pasted into them, f2 (masks of seed 0)."""
-    f1, f2 = (normalize(f) if f.dtype == torch.uint8 else f.float() for f in (f1.cpu(), f2.cpu()))
+    f1, f2 = (to_model_input(f, torch.device("cpu")) for f in (f1, f2))
     images = reconstruct(model, f1, f2)
     return torch.cat([denormalize(images[k]) for k in ("f1", "visible", "pasted", "f2")], dim=-1).clamp(0, 1)
