@@ -1,4 +1,4 @@
-"""BENCHMARKS.md as text: its template, the marked sections, their raw results, and each section's table and summary.
+"""BENCHMARKS.md as text: its template, the marked sections, their raw results, and each section's tables.
 
 Each section lies between `<!-- bench:<name>:start -->` and `<!-- bench:<name>:end -->`; its raw results
 are kept inside it as a JSON comment, so the cost estimate and the summary are recomputed from the file.
@@ -9,17 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import BENCHMARKS_MD, read_section_payload, read_section_results, relative
-from bench.bench_data import (
-    TARGET_PREPARED,
-    TARGET_VS_BOUND,
-    TARGET_VS_PYTORCHVIDEO,
-    format_formats,
-    format_profile,
-)
+from bench import BENCHMARKS_MD, read_section_payload, relative
+from bench.bench_data import format_formats, format_profile
 from bench.bench_data import format_table as format_data_table
 from bench.bench_train import format_table as format_train_table
-from bench.cost import COST_PRESET, cost_inputs, estimate_cost, figure, format_cost
+from bench.cost import COST_PRESET, cost_inputs, estimate_cost, format_cost
+from bench.summary import baseline_pairs, cost_limit, data_limit, propagation_limit, train_limit
 from ml.files import atomic_file
 
 TITLES = {
@@ -155,7 +150,7 @@ def render_data(results: list[dict]) -> str:
     if any("formats" in row for row in results):
         text += ("\n\nCandidate formats for prepared data (each set re-encoded at short side 256; PSNR of first, "
                  "middle and last frames against the source's):\n\n" + format_formats(results))
-    return text
+    return text + "\n\n" + data_limit(results)
 
 
 def render_train(results: list[dict]) -> str:
@@ -187,7 +182,7 @@ def render_train(results: list[dict]) -> str:
     if not any(r["device"].startswith("cuda") for r in results):
         lines += ["", "GPU bf16 rows: **not measured** (no GPU on the machine of this run); run this section on a "
                       "CUDA machine to add them."]
-    pairs = _baseline_pairs(results)
+    pairs = baseline_pairs(results)
     if pairs:
         lines += ["", "| preset | batch | baseline step time / SiamMAE step time (median of within-run ratios) | "
                       "FLOPs per pair, baseline / SiamMAE |", "|---|---:|---:|---:|"]
@@ -195,18 +190,8 @@ def render_train(results: list[dict]) -> str:
             lines.append(f"| {ours['preset']} ({ours['device']}, {ours['precision']}) | {ours['batch']} | "
                          f"{base['baseline_over_siammae_step_time']:.2f}x | "
                          f"{base['gflop_per_pair'] / ours['gflop_per_pair']:.2f}x |")
-    return "\n".join(lines)
-
-
-def _baseline_pairs(results: list[dict]) -> list[tuple[dict, dict]]:
-    """(SiamMAE row, baseline row) of each preset and device."""
-    pairs = []
-    for base in results:
-        if "baseline_over_siammae_step_time" in base:
-            ours = next(r for r in results if r["preset"] == base["preset"] and r["device"] == base["device"]
-                        and r["precision"] == base["precision"] and "baseline_over_siammae_step_time" not in r)
-            pairs.append((ours, base))
-    return pairs
+    limit = train_limit(results)
+    return "\n".join(lines + (["", limit] if limit else []))
 
 
 def render_propagation(results: list[dict]) -> str:
@@ -231,11 +216,11 @@ def render_propagation(results: list[dict]) -> str:
         )
     lines += ["", "Medians over every timed frame of every run (the first frame, encoded only, left out), after a "
                   "warm-up run; min-max over those frames. CPU s/frame is the process's CPU time (all threads). "
-                  "The DAVIS-2017 val figure is s/frame x 1999 frames."]
+                  "The DAVIS-2017 val figure is s/frame x 1999 frames.", "", propagation_limit(results)]
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- cost and summary, from the file's figures
+# ---------------------------------------------------------------- cost, from the file's figures
 
 
 def cost_from_text(text: str) -> tuple[dict, dict] | None:
@@ -252,6 +237,11 @@ def cost_from_text(text: str) -> tuple[dict, dict] | None:
     return cost, meta
 
 
+def cost_body(cost: dict, meta: dict, output: Path) -> str:
+    """The cost section's text: the estimate and its raw results."""
+    return render_cost(cost, meta, output) + "\n\n" + results_comment("cost", {"meta": meta, "results": cost})
+
+
 def render_cost(cost: dict, meta: dict, output: Path) -> str:
     elsewhere = "" if output.resolve() == BENCHMARKS_MD else f" --benchmarks {relative(output)}"
     command = "python -m bench.cost" + elsewhere
@@ -260,139 +250,13 @@ def render_cost(cost: dict, meta: dict, output: Path) -> str:
              f"- Command: `{command}` (reads those figures from this file)."]
     if cost["preset"] != COST_PRESET:
         lines += ["", f"**Computed from `{cost['preset']}`, not ViT-S/16: a quick run.**"]
-    return "\n".join(lines) + "\n\n" + format_cost(cost)
+    return "\n".join(lines) + "\n\n" + format_cost(cost) + "\n\n" + cost_limit(cost)
 
 
-def render_summary(text: str) -> str:
-    """Ratios against the targets and what limits each, from the figures in the file."""
-    data = read_section_results(text, "data")
-    train = read_section_results(text, "train")
-    prop = read_section_results(text, "propagation")
-    cost = read_section_payload(text, "cost")
-    out = []
-    if data:
-        out.append(_summary_data(data))
-    if train:
-        out.append(_summary_train(train))
-    if prop:
-        out.append(_summary_propagation(prop))
-    if cost:
-        out.append(_summary_cost(cost["results"]))
-    if not out:
-        return "_No figures yet: run `make bench`._"
-    return "\n\n".join(out)
+RENDERERS = {"data": render_data, "train": render_train, "propagation": render_propagation}
 
 
-def _met(ok: bool) -> str:
-    return "met" if ok else "**not met**"
-
-
-def _summary_data(data: list[dict]) -> str:
-    parts = []
-    prepared = [(r["set"], r["prepared / ours (R=2, 8-bit)"], r["storage prepared / original"]) for r in data
-                if "prepared / ours (R=2, 8-bit)" in r]
-    if prepared:
-        ok = all(a >= TARGET_PREPARED for _, a, _ in prepared)
-        parts.append(f"prepared / original files, R=2 (target >= {TARGET_PREPARED:g}x, {_met(ok)}): "
-                     + ", ".join(f"{a:.2f}x on {s} for {b:.1f}x the bytes" for s, a, b in prepared))
-    vs_ptv = [(r["set"], r["ours / pytorchvideo"], r["ours R=2 / pytorchvideo"]) for r in data
-              if "ours / pytorchvideo" in r]
-    if vs_ptv:
-        ok = all(a >= TARGET_VS_PYTORCHVIDEO for _, a, _ in vs_ptv)
-        parts.append(f"ours / pytorchvideo 0.1.5 (target >= {TARGET_VS_PYTORCHVIDEO:g}x, {_met(ok)}): "
-                     + ", ".join(f"{a:.2f}x on {s} (R=2: {b:.2f}x)" for s, a, b in vs_ptv))
-    else:
-        parts.append("ours / pytorchvideo: not measured in this run (pytorchvideo left out)")
-    bound = [(r["set"], r["bound / ours (R=1)"], r["bound / ours (R=2)"]) for r in data]
-    ok = all(a <= TARGET_VS_BOUND for _, a, _ in bound)
-    parts.append(f"time per pair, ours / bare decode (target <= {TARGET_VS_BOUND:g}x, {_met(ok)}): "
-                 + ", ".join(f"{a:.2f}x on {s} (R=2: {b:.2f}x)" for s, a, b in bound))
-    worst = max(a for _, a, _ in bound)
-    if worst <= TARGET_VS_BOUND:
-        limit = (f"Limit: decoding. Ours takes at most {worst:.2f}x the time of PyAV's bare decode from the seek "
-                 "point to the last wanted frame, so H.264 decoding from the keyframe before the pair sets the rate")
-    else:
-        limit = (f"Limit: work beyond decoding. Ours takes up to {worst:.2f}x the time of PyAV's bare decode from the "
-                 "seek point, so colour conversion, cropping, resizing and normalising cost more than the decode here")
-    below = [s for s, _, b in bound if b < 1]
-    if below:
-        limit += (f"; with R=2 ours is faster than the \"bound\" on {', '.join(below)}: that bound decodes straight "
-                  "through from the first pair's first frame to the last pair's last, while ours seeks forward "
-                  "between the pairs when that saves decoding, so with R=2 it is no bound")
-    rates = {r["set"]: r["ours (R=1)"]["pairs_per_s"] for r in data}
-    if "key1s" in rates and "key8s" in rates:
-        limit += (f"; with a keyframe every 8 s ours gives {rates['key8s']:.0f} pairs/s against {rates['key1s']:.0f} "
-                  f"with one every second ({rates['key1s'] / rates['key8s']:.1f}x), since a seek may land up to 8 s "
-                  "before the wanted frames")
-    two = [(r["set"], r[k]["pairs_per_s"], r["ours (R=1)"]["pairs_per_s"]) for r in data for k in r
-           if k.startswith("ours, DataLoader with 2 workers")]
-    if two:
-        parts.append("a DataLoader with 2 workers (2 cores, R=1) gives "
-                     + ", ".join(f"{t:.0f} pairs/s on {s} ({t / one:.2f}x one worker)" for s, t, one in two))
-    else:
-        limit += ". Pairs/s with 2 workers: not measured (the data benchmark times one worker on one core)"
-    return "**Data loading** (pairs/s per worker): " + "; ".join(parts) + ". " + limit + "."
-
-
-def _summary_train(train: list[dict]) -> str:
-    pairs = _baseline_pairs(train)
-    parts = []
-    for ours, base in pairs:
-        parts.append(f"{ours['preset']} (batch {ours['batch']}, {ours['device']} {ours['precision']}): "
-                     f"{ours['pairs_per_s']:.2f} pairs/s against {base['pairs_per_s']:.2f} for the baseline, whose "
-                     f"step takes {base['baseline_over_siammae_step_time']:.2f}x as long for "
-                     f"{base['gflop_per_pair'] / ours['gflop_per_pair']:.2f}x the FLOPs (visible-only encoding saves "
-                     f"{100 * (1 - 1 / base['baseline_over_siammae_step_time']):.0f}% of the step)")
-    cpu_rows = [r for r in train if r["device"] == "cpu" and "baseline_over_siammae_step_time" not in r]
-    util = ", ".join(f"{r['preset']} {100 * r['utilisation']:.0f}%" for r in cpu_rows)
-    limit = ""
-    shares = [r for r in cpu_rows if "flop_op_time_share" in r]
-    if shares:
-        limit = (" Limit: " + "; ".join(
-            f"{r['preset']} spends {100 * r['flop_op_time_share']:.0f}% of forward + backward in counted ops, which "
-            f"run at {100 * r['flop_op_efficiency']:.0f}% of the matmul peak, and "
-            f"{100 * r['optimizer_s_median'] / r['step_s_median']:.0f}% of the step in AdamW" for r in shares)
-            + ". The time outside counted ops (norms, GELU, softmax, copies, masking gathers, AdamW) does no "
-            "counted FLOPs")
-        slow = [r for r in shares if r["flop_op_efficiency"] < 0.85]
-        if slow:
-            limit += ("; and the counted ops themselves stay below the square-matmul peak: "
-                      + ", ".join(f"{100 * r['flop_op_efficiency']:.0f}% for {r['preset']}" for r in slow))
-        limit += "."
-    return ("**Training step** (what visible-only encoding buys): " + "; ".join(parts) + ". CPU fp32 utilisation "
-            f"of the measured matmul peak: {util}." + limit)
-
-
-def _summary_propagation(prop: list[dict]) -> str:
-    parts = []
-    for r in prop:
-        parts.append(f"{r['data']}: {r['total_s_per_frame']:.2f} s/frame ({r['arch']}, {r['device']}, input "
-                     f"{r['encoder_input'][0]}x{r['encoder_input'][1]}), "
-                     f"{100 * r['encode_s_per_frame'] / r['total_s_per_frame']:.0f}% of it encoding, peak RSS "
-                     f"{r['peak_rss_mib']:.0f} MiB; DAVIS-2017 val ~ {r['projected_davis2017_val_hours']:.1f} h")
-    encode_share = min(r["encode_s_per_frame"] / r["total_s_per_frame"] for r in prop)
-    limit = ("the ViT encoder on whole frames (the share above); propagation itself (affinities, top-k, softmax, "
-             "upsampling) is the rest" if encode_share > 0.5 else
-             "propagation itself (affinities to the first frame and the queue, top-k, upsampling), more than encoding")
-    return "**Label propagation** (no target): " + "; ".join(parts) + f". Limit: {limit}."
-
-
-def _summary_cost(cost: dict) -> str:
-    feed = sorted(cost["gpu_feed"], key=lambda g: g["mfu"])
-    lo, hi = feed[0], feed[-1]
-    recipes = []
-    for row in cost["recipes"]:
-        by_mfu = sorted(row["gpu"], key=lambda g: -g["mfu"])  # the higher MFU first: fewer hours
-        on8 = [next((w["hours"] for w in g["wall"] if w["gpus"] == 8), None) for g in by_mfu]
-        hours = " to ".join(figure(g["gpu_hours"]) for g in by_mfu)
-        wall = " (" + " to ".join(figure(h) for h in on8) + " h on 8 GPUs)" if None not in on8 else ""
-        recipes.append(f"{row['recipe']['name']}: {hours} H100-hours{wall}, "
-                       f"{row['cpu_hours']['median'] / 24 / 365:,.1f} years on this CPU")
-    workers = {name: (lo["loader_workers_per_gpu"][name], hi["loader_workers_per_gpu"][name])
-               for name in lo["loader_workers_per_gpu"]}
-    return (f"**Cost on paper** ({cost['preset']}, assumed {100 * lo['mfu']:.0f}-{100 * hi['mfu']:.0f}% MFU of "
-            f"{cost['gpu_peak_flops'] / 1e12:,.0f} TFLOP/s): " + "; ".join(recipes) + ". Limit: data. One GPU "
-            f"would train {lo['pairs_per_s_per_gpu']:,.0f}-{hi['pairs_per_s_per_gpu']:,.0f} pairs/s, which takes "
-            + ", ".join(f"{a:,}-{b:,} loader workers (cores) on {name}" for name, (a, b) in workers.items())
-            + " per GPU at our measured pairs/s per worker: on the original files decoding, not the GPU, bounds "
-            "such a run; prepared data (JPEG frames) cuts the cores several-fold.")
+def section_body(name: str, payload: dict) -> str:
+    """The text of a measured section (data, train, propagation): its run, its tables and its raw results."""
+    return ("\n".join(meta_lines(payload["meta"])) + "\n\n" + RENDERERS[name](payload["results"]) + "\n\n"
+            + results_comment(name, payload))

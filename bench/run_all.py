@@ -28,19 +28,8 @@ import torch
 from bench import BENCHMARKS_MD, REPO, bench_data, bench_propagation, bench_train, relative
 from bench.machine import KeepAffinityAndThreads, LoadMonitor, git_commit, machine_info, versions
 from bench.pytorchvideo_baseline import PYTORCHVIDEO_DIR, install_pytorchvideo
-from bench.report import (
-    TEMPLATE,
-    cost_from_text,
-    meta_lines,
-    render_cost,
-    render_data,
-    render_propagation,
-    render_summary,
-    render_train,
-    replace_section,
-    results_comment,
-    write_text_atomic,
-)
+from bench.report import TEMPLATE, cost_body, cost_from_text, replace_section, section_body, write_text_atomic
+from bench.summary import render_summary
 
 RESULTS_DIR = REPO / "bench" / "results"
 SECTIONS = ("data", "train", "propagation", "cost")
@@ -126,10 +115,7 @@ def run_sections(sections: list[str], quick: bool, output: Path, results_dir: Pa
         meta = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "commit": commit,
                 "machine": machine, "versions": vers, "load": load.as_dict(), "command": command,
                 "run_all_command": run_all_command, "quick": quick}
-        render = {"data": render_data, "train": render_train, "propagation": render_propagation}[name]
-        body = "\n".join(meta_lines(meta)) + "\n\n" + render(results) + "\n\n" + results_comment(
-            name, {"meta": meta, "results": results})
-        text = replace_section(text, name, body)
+        text = replace_section(text, name, section_body(name, {"meta": meta, "results": results}))
         write_text_atomic(output, text)  # each finished section is kept even if a later one fails
         all_results[name] = {"meta": meta, "results": results}
     if {"cost", "train", "data"} & set(sections):
@@ -140,9 +126,7 @@ def run_sections(sections: list[str], quick: bool, output: Path, results_dir: Pa
                                  "python -m bench.run_all --only data train first")
         else:
             cost, meta = derived
-            body = render_cost(cost, meta, output) + "\n\n" + results_comment("cost", {"meta": meta,
-                                                                                         "results": cost})
-            text = replace_section(text, "cost", body)
+            text = replace_section(text, "cost", cost_body(cost, meta, output))
             all_results["cost"] = {"meta": meta, "results": cost}
             write_text_atomic(results_dir / "cost.json", json.dumps(cost, indent=2))
     text = replace_section(text, "summary", render_summary(text))

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import bench_propagation, bench_train, read_section_results, report, run_all
+from bench import bench_propagation, bench_train, read_section_results, report, run_all, summary
+from bench.bench_data import TARGET_PREPARED, TARGET_VS_BOUND, TARGET_VS_PYTORCHVIDEO
 from bench.cost import PAPER_RECIPES, cost_inputs, estimate_cost
 from bench.count_flops import forward_flops
 from ml.model import create_model
@@ -143,7 +145,12 @@ def test_run_all_rewrites_only_its_sections(tmp_path):
         assert (results_dir / f"{name}.json").is_file()
     assert "not measured" in _block(text, "train")  # no GPU rows on a CPU machine
     assert "Computed from `siammae_tiny`, not ViT-S/16" in _block(text, "cost")
-    assert "**Training step**" in _block(text, "summary") and "**Cost on paper**" in _block(text, "summary")
+    table = _summary_table(text)  # one table, a row for each section's figures, each linked to its heading
+    for name in ("data", "train", "propagation", "cost"):
+        anchor = summary.section_anchor(text, name)
+        assert any(row["figure"].endswith(f"](#{anchor})") for row in table)
+        assert "**Limit**: " in _block(text, name).split("<!-- bench:")[-2]  # the section's last line
+    assert "**Limit**" not in _block(text, "summary")  # the limits stay in their sections
 
     second = run_all.main(["--quick", "--only", "train", "--output", str(out), "--results-dir", str(results_dir)])
     again = out.read_text()
@@ -185,3 +192,53 @@ def test_decoder_variants_and_the_gpu_check_without_a_gpu(capsys):
     if not torch.cuda.is_available():
         assert gpu_check.main([]) == 0
         assert "no CUDA GPU here" in capsys.readouterr().out
+
+
+def _summary_table(text: str) -> list[dict]:
+    """The summary block's table as rows of {column: cell}; asserts the block is that one table and its caption."""
+    lines = _block(text, "summary").splitlines()[1:]
+    assert lines[0] == "| figure | target | measured | met |" and lines[1] == "|---|---|---|---|"
+    rows = lines[2:lines.index("")]
+    assert rows and lines[len(rows) + 2:] == ["", summary.CAPTION]
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
+    assert all(len(c) == 4 for c in cells)
+    links = [re.fullmatch(r"\[(.+)\]\(#([^)]+)\)", c[0]) for c in cells]
+    assert all(links), [c[0] for c, m in zip(cells, links) if not m]
+    anchors = {anchor for _, anchor in summary.headings(text)}
+    assert {m.group(2) for m in links} <= anchors  # every link resolves to a heading of the file
+    return [dict(zip(summary.HEADER, c)) for c in cells]
+
+
+def test_github_anchors_of_headings():
+    assert summary.github_anchor("4. Cost of the paper's recipes, on paper") == "4-cost-of-the-papers-recipes-on-paper"
+    assert summary.github_anchor("2. Training step: pairs/s, FLOPs_x") == "2-training-step-pairss-flops_x"
+    text = "# A\n\n```\n# not a heading\n```\n## A\n## B ##\n"
+    assert [a for _, a in summary.headings(text)] == ["a", "a-1", "b"]
+
+
+def _data_row(name: str, prepared: float, vs_ptv: float | None, vs_bound: float) -> dict:
+    row = {"set": name, "prepared / ours (R=2, 8-bit)": prepared, "storage prepared / original": 12.0,
+           "bound / ours (R=1)": vs_bound, "bound / ours (R=2)": 0.8, "ours (R=1)": {"pairs_per_s": 40.0}}
+    return row if vs_ptv is None else {**row, "ours / pytorchvideo": vs_ptv}
+
+
+def _met(rows: list[dict]) -> dict[str, tuple[str, str]]:
+    payload = {"meta": {}, "results": rows}
+    text = report.replace_section(report.TEMPLATE, "data", report.results_comment("data", payload))
+    text = report.replace_section(text, "summary", summary.render_summary(text))
+    return {re.sub(r"^\[(.*)\]\(.*$", r"\1", r["figure"]): (r["measured"], r["met"]) for r in _summary_table(text)}
+
+
+def test_summary_met_compares_each_set_with_its_target():
+    prepared, ptv, bound = ("data: prepared / original files, pairs/s, R=2", "data: ours / pytorchvideo 0.1.5, "
+                            "pairs/s, R=1", "data: time per pair, ours / bare decode, R=1")
+    at_target = _data_row("a", TARGET_PREPARED, TARGET_VS_PYTORCHVIDEO, TARGET_VS_BOUND)  # the bounds count as met
+    rows = _met([at_target, _data_row("b", TARGET_PREPARED + 1, TARGET_VS_PYTORCHVIDEO + 1, TARGET_VS_BOUND - 1)])
+    assert [rows[k][1] for k in (prepared, ptv, bound)] == ["yes"] * 3
+    assert rows["data: bytes, prepared / original files"] == ("12.0x (a), 12.0x (b)", "—")  # no target
+    missed = _data_row("b", TARGET_PREPARED - 0.1, TARGET_VS_PYTORCHVIDEO - 0.1, TARGET_VS_BOUND + 0.1)
+    rows = _met([at_target, missed])
+    assert [rows[k][1] for k in (prepared, ptv, bound)] == ["no (b)"] * 3
+    assert rows[bound][0] == f"{TARGET_VS_BOUND:.2f}x (a), {TARGET_VS_BOUND + 0.1:.2f}x (b)"
+    rows = _met([_data_row("a", TARGET_PREPARED, None, TARGET_VS_BOUND)])  # pytorchvideo left out of the run
+    assert rows[ptv] == ("not measured (pytorchvideo left out)", "—")
