@@ -3,13 +3,15 @@
     python -m bench.run_all                          # data, train, propagation, cost: about 15 min on 2 cores
     python -m bench.run_all --only train             # one section (cost and the summary follow it)
     python -m bench.run_all --quick --output /tmp/B.md   # tiny sizes, seconds: a smoke run, never the committed file
+    python -m bench.run_all --from-figures           # no run: every section's text again from the recorded figures
 
 Each section of the file lies between `<!-- bench:<name>:start -->` and `<!-- bench:<name>:end -->`;
 only the sections run are rewritten, everything outside the markers (and sections not run) is kept
 as it is. A section records the machine, the versions, the exact command, the load while it ran and
 its figures (median and min-max of the timed runs, after a warm-up); its raw results are also kept
 in the section as a JSON comment, so the cost estimate and the summary can be recomputed from the
-file alone. Raw results also go to bench/results/ (not tracked by git).
+file alone (`--from-figures` rewrites every section that way, after a change to how figures are shown).
+Raw results also go to bench/results/ (not tracked by git).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bench import BENCHMARKS_MD, REPO, bench_data, bench_propagation, bench_train, relative
+from bench import BENCHMARKS_MD, REPO, bench_data, bench_propagation, bench_train, read_section_payload, relative
 from bench.machine import KeepAffinityAndThreads, LoadMonitor, git_commit, machine_info, versions
 from bench.pytorchvideo_baseline import PYTORCHVIDEO_DIR, install_pytorchvideo
 from bench.report import TEMPLATE, cost_body, cost_from_text, replace_section, section_body, write_text_atomic
@@ -135,10 +137,29 @@ def run_sections(sections: list[str], quick: bool, output: Path, results_dir: Pa
     return all_results
 
 
+def rewrite_from_figures(output: Path) -> str:
+    """Every section of `output` rewritten from the raw results embedded in it, cost and summary recomputed; runs
+    no benchmark (the sections keep the run, machine and load they record). Returns the new text."""
+    text = output.read_text()
+    for name in ("data", "train", "propagation"):
+        payload = read_section_payload(text, name)
+        if payload is not None:
+            text = replace_section(text, name, section_body(name, payload))
+    derived = cost_from_text(text)
+    if derived is not None:
+        text = replace_section(text, "cost", cost_body(*derived, output))
+    text = replace_section(text, "summary", render_summary(text))
+    write_text_atomic(output, text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds: a smoke run (needs --output)")
+    parser.add_argument("--from-figures", action="store_true",
+                        help="run nothing: rewrite every section's text, the cost and the summary from the figures "
+                             "recorded in the file")
     parser.add_argument("--output", type=Path, default=None,
                         help=f"the file to rewrite (default {relative(BENCHMARKS_MD)}; created if absent)")
     parser.add_argument("--results-dir", type=Path, default=None,
@@ -147,6 +168,14 @@ def main(argv: list[str] | None = None) -> dict:
     output = args.output or BENCHMARKS_MD
     if args.quick and output.resolve() == BENCHMARKS_MD:
         parser.error(f"--quick figures never go to {relative(BENCHMARKS_MD)}: give --output elsewhere")
+    if args.from_figures:
+        if args.only or args.quick:
+            parser.error("--from-figures runs no section: it takes neither --only nor --quick")
+        if not output.is_file():
+            parser.error(f"--from-figures: no {relative(output)} to read the figures from")
+        rewrite_from_figures(output)
+        print(f"{relative(output)} rewritten from the figures recorded in it (no benchmark run)")
+        return {}
     results_dir = args.results_dir or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
     sections = [s for s in SECTIONS if s in (args.only or SECTIONS)]
     given = sys.argv[1:] if argv is None else argv

@@ -162,6 +162,26 @@ def test_run_all_rewrites_only_its_sections(tmp_path):
     assert math.isclose(cost["cpu_pairs_per_s"]["median"], new_row["batch"] / new_row["step_s_median"])
 
 
+def test_run_all_from_figures_rewrites_the_text_without_running(tmp_path, monkeypatch):
+    out = tmp_path / "BENCHMARKS.md"
+    run_all.main(["--quick", "--output", str(out), "--results-dir", str(tmp_path / "results")])
+    run = out.read_text()
+    # the summary and the Limit lines gone stale, a hand-written note outside the markers
+    stale = re.sub(r"\n\n\*\*Limit\*\*: [^\n]*", "", run).replace(_block(run, "summary"),
+                                                                   "<!-- bench:summary:start -->\nstale\n")
+    assert "**Limit**" not in stale and "stale" in stale
+    out.write_text(stale + "\nA note.\n")
+
+    def no_benchmark(*args, **kwargs):
+        raise AssertionError("--from-figures ran a benchmark")
+
+    monkeypatch.setattr(run_all, "run_sections", no_benchmark)
+    assert run_all.main(["--from-figures", "--output", str(out)]) == {}
+    assert out.read_text() == run + "\nA note.\n"  # the same text as the run wrote, from its recorded figures
+    with pytest.raises(SystemExit):
+        run_all.main(["--from-figures", "--only", "cost", "--output", str(out)])
+
+
 def test_run_all_refuses_broken_markers_and_quick_figures_in_the_committed_file(tmp_path):
     out = tmp_path / "B.md"
     broken = "# B\n<!-- bench:train:start -->\nold figures\n"
