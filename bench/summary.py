@@ -15,8 +15,8 @@ from bench.cost import COST_PRESET, figure
 
 HEADER = ["figure", "target", "measured", "met"]
 NO_TARGET = ("none", "—")  # target and met of a figure without a target
-CAPTION = ("Met: every set (or preset) meets the target. Each figure links to its section; the section's last "
-           "line, \"Limit\", says what bounds it.")
+CAPTION = ("Met: yes when every set meets the target, else no and the sets that miss it. Each figure links to its "
+           "section, whose last line, \"Limit\", says what bounds it.")
 OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b}
 
 
@@ -153,6 +153,11 @@ def _mfus(cost: dict) -> str:
     return (f"{mfus[0]}-{mfus[-1]}" if len(mfus) > 1 else f"{mfus[0]}") + "% MFU"
 
 
+def _files(loader: str) -> str:
+    """"original files" or "prepared files" of a loader named "<set>, original files" or "<set>, prepared"."""
+    return loader.partition(", ")[2].removesuffix(" files") + " files"
+
+
 def cost_rows(cost: dict) -> list[list[str]]:
     quick = "" if cost["preset"] == COST_PRESET else f" (from {cost['preset']}: not ViT-S/16)"
     rows = []
@@ -168,7 +173,7 @@ def cost_rows(cost: dict) -> list[list[str]]:
     feed = sorted(cost["gpu_feed"], key=lambda g: g["mfu"])
     kinds: dict[str, list[str]] = {}
     for name in feed[0]["loader_workers_per_gpu"]:
-        data_set, _, kind = name.partition(", ")
+        data_set, kind = name.partition(", ")[0], _files(name)
         counts = [g["loader_workers_per_gpu"][name] for g in feed]
         kinds.setdefault(kind, []).append(f"{min(counts)}-{max(counts)} ({data_set})")
     rows.append([f"cost: loader workers (cores) per GPU, {_mfus(cost)}", NO_TARGET[0],
@@ -241,8 +246,7 @@ def cost_limit(cost: dict) -> str:
     lo, hi = feed[0], feed[-1]
     kinds: dict[str, list[int]] = {}
     for name in lo["loader_workers_per_gpu"]:
-        kind = name.partition(", ")[2].removesuffix(" files") + " files"  # "original files", "prepared files"
-        kinds.setdefault(kind, []).extend(g["loader_workers_per_gpu"][name] for g in feed)
+        kinds.setdefault(_files(name), []).extend(g["loader_workers_per_gpu"][name] for g in feed)
     limit = (f"data. One GPU would train {lo['pairs_per_s_per_gpu']:,.0f}-{hi['pairs_per_s_per_gpu']:,.0f} pairs/s, "
              "which takes " + " and ".join(f"{min(n):,}-{max(n):,} loader workers (cores) on {kind}"
                                            for kind, n in kinds.items())
