@@ -31,7 +31,8 @@ TEMPLATE = """# Benchmarks
 Every figure in this file is written by `make bench` (`python -m bench.run_all`), between the
 `bench:*` markers; text outside them is kept. One section alone: `python -m bench.run_all --only
 data|train|propagation|cost` (cost and the summary are recomputed from the file's figures after any
-section). Each section states the machine, the versions, the exact command and the load while it ran;
+section); `python -m bench.run_all --from-figures` rewrites every section's text from the recorded figures,
+running nothing. Each section states the machine, the versions, the exact command and the load while it ran;
 figures are medians of at least 5 timed runs after a warm-up, with the spread (min-max) of the runs.
 
 ## Ratios against the targets

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import bench_propagation, bench_train, read_section_results, report, run_all, summary
+from bench import BENCHMARKS_MD, REPO, bench_propagation, bench_train, read_section_results, report, run_all, summary
 from bench.bench_data import TARGET_PREPARED, TARGET_VS_BOUND, TARGET_VS_PYTORCHVIDEO
 from bench.cost import PAPER_RECIPES, cost_inputs, estimate_cost
 from bench.count_flops import forward_flops
@@ -234,6 +234,22 @@ def test_github_anchors_of_headings():
     assert summary.github_anchor("2. Training step: pairs/s, FLOPs_x") == "2-training-step-pairss-flops_x"
     text = "# A\n\n```\n# not a heading\n```\n## A\n## B ##\n"
     assert [a for _, a in summary.headings(text)] == ["a", "a-1", "b"]
+
+
+def test_committed_summary_is_one_linked_table():
+    text = BENCHMARKS_MD.read_text()
+    table = _summary_table(text)
+    for row in table:
+        assert (row["target"] == "none") == (row["met"] == "—") or row["measured"].startswith("not measured")
+        assert row["met"] in ("yes", "—") or row["met"].startswith("no (")
+    # the links follow the headings as the file spells them
+    moved = text.replace("## 1. Data loading: pairs per second per worker", "## 1. Data: loading (pairs/s)")
+    moved = report.replace_section(moved, "summary", summary.render_summary(moved))
+    assert "](#1-data-loading-pairss)" in _block(moved, "summary")
+    assert _summary_table(moved)
+    docs = (REPO / "docs" / "BENCHMARKS.md").read_text()  # links into the file from its guide
+    links = re.findall(r"\(\.\./BENCHMARKS\.md#([^)]+)\)", docs)
+    assert links and set(links) <= {anchor for _, anchor in summary.headings(text)}
 
 
 def _data_row(name: str, prepared: float, vs_ptv: float | None, vs_bound: float) -> dict:
