@@ -19,10 +19,11 @@ from ml.model import (
     create_model,  # noqa: E402
     reconstruct,
 )
+from ml.notebook.curves import PALETTE, epoch_of_step, plot_losses  # noqa: E402
 from ml.notebook.plots import (
     last_layer_cls_attention,
+    mask_image,
     plot_attention_maps,
-    plot_losses,
     plot_pairs,
     plot_results_from_checkpoint,
     plot_sample,
@@ -62,12 +63,32 @@ def test_plot_sample_shows_six_labelled_panels(tiny_model, real_pair) -> None:
     panels = image_axes(fig)
     assert len(panels) == 6
     titles = [ax.get_title() for ax in panels]
-    assert titles[0].startswith("f1") and titles[1].startswith("f2") and "visible" in titles[2]
-    assert titles[3].startswith("target") and "normalised" in titles[3]
-    assert titles[4].startswith("prediction") and "model output only" in titles[4]
-    assert "TRUE" in titles[5]  # says that the colours of this panel come from f2's true patch statistics
-    assert "2 of 49" in titles[2]  # 95% of a 7x7 grid removed: int(49 * 0.05) patches stay
+    assert titles[0].startswith("f1") and titles[1].startswith("f2 and its mask")
+    assert titles[2].startswith("target") and "normalised" in titles[2]
+    assert titles[3].startswith("prediction") and "model output only" in titles[3]
+    assert "TRUE" in titles[4]  # says that the colours of this panel come from f2's true patch statistics
+    assert titles[5].startswith("squared error")
+    assert "47 shaded" in titles[1] and "2 of 49 given" in titles[1]  # 95% of a 7x7 grid removed
     assert fig._suptitle is not None and "95%" in fig._suptitle.get_text()
+    plt.close(fig)
+
+
+def test_reconstruction_panels_draw_the_patch_grid_the_mask_and_the_error(tiny_model, real_pair) -> None:
+    """The overlay darkens exactly the masked patches, the error map is the squared error of the prediction on
+    them (NaN on the given ones), and every image panel carries the 7x7 patch grid."""
+    f1, f2 = real_pair
+    result = reconstruct(tiny_model, f1, f2, seed=0)
+    fig = plot_sample(real_pair, tiny_model, "cpu", seed=0)
+    panels = image_axes(fig)
+    masked = mask_image(result["mask"], 112) > 0  # (112, 112), 16 px patches
+    overlay = panels[1].get_images()[1].get_array()  # RGBA over f2
+    assert np.array_equal(np.asarray(overlay[..., 3]) > 0, masked)
+    error = np.asarray(panels[5].get_images()[0].get_array().filled(np.nan))
+    expected = ((result["prediction"] - result["target_normalised"]) ** 2).mean(0).numpy()
+    assert np.isnan(error[~masked]).all() and np.allclose(error[masked], expected[masked])
+    assert f"mean {expected[masked].mean():.3f}" in panels[5].get_title()
+    for ax in panels:
+        assert len(ax.get_lines()) == 2 * 6  # 6 inner boundaries each way
     plt.close(fig)
 
 
@@ -126,9 +147,12 @@ def test_reconstruction_of_a_model_predicting_plain_pixels(real_pair) -> None:
     mask = result["mask"]
     loss = (((recon - target) ** 2).mean(-1) * mask).sum() / mask.sum()
     assert loss.item() == pytest.approx(result["loss"], rel=1e-4)
-    fig = plot_sample(real_pair, model)
+    fig = plot_sample(real_pair, model, seed=1)
     titles = [ax.get_title() for ax in image_axes(fig)]
     assert len(titles) == 5 and not any("TRUE" in t for t in titles)  # nothing of f2's statistics is used
+    error = np.asarray(image_axes(fig)[4].get_images()[0].get_array().filled(np.nan))
+    masked = mask_image(result["mask"], 112) > 0
+    assert np.allclose(error[masked], ((result["reconstruction"] - f2) ** 2).mean(0).numpy()[masked], atol=1e-5)
     plt.close(fig)
 
 
@@ -147,8 +171,8 @@ def test_plot_results_from_checkpoint_loads_the_run_and_plots_every_sample(tmp_p
     assert len(panels) == 6 * len(samples)
     # the checkpoint's weights, size and mask ratio were used: the losses shown are those of the saved model
     expected = reconstruct(model, samples[1]["f1"], samples[1]["f2"], seed=1)
-    assert f"loss {expected['loss']:.3f}" in panels[6 + 4].get_title()
-    assert "4 of 16" in panels[2].get_title()  # 25% of a 4x4 grid visible
+    assert f"loss {expected['loss']:.3f}" in panels[6 + 3].get_title()
+    assert "4 of 16 given" in panels[1].get_title()  # 25% of a 4x4 grid visible
     assert f"{evaluate_loss(model, loader, 'cpu'):.4f}" in fig._suptitle.get_text()
     assert [ax.get_ylabel().split("\n")[0] for ax in panels[::6]] == [
         f"{s['split']}: {Path(s['video']).stem}" for s in samples]
@@ -176,24 +200,41 @@ def test_plot_losses_two_runs(tmp_path: Path) -> None:
     losses, test_losses = tmp_path / "losses", tmp_path / "test_losses"
     rng = np.random.default_rng(0)
     for prefix, scale in (("run_a", 1.0), ("run_b", 0.8)):
-        rows = [(e, (e - 1) * 5 + s, 1e-4, scale * (1.5 - 0.1 * e) + 0.01 * rng.standard_normal())
-                for e in range(1, 4) for s in range(5)]
+        rows = [(e, (e - 1) * 20 + s, 1e-4 * ((e - 1) * 20 + s + 1),
+                 scale * (1.5 - 0.1 * e) + 0.01 * rng.standard_normal()) for e in range(1, 4) for s in range(20)]
         write_log(losses / f"{prefix}.txt", "# epoch step lr loss", rows)
     write_log(test_losses / "run_a.txt", "# epoch loss", [(1, 1.45), (2, 1.36), (3, 1.3)])
     fig = plot_losses(["run_a", Run(tmp_path, "run_b")], tmp_path)
-    assert len(fig.axes) == 2
-    for ax in fig.axes:
-        assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+    ax_steps, ax_epochs = fig.axes[0], fig.axes[1]
+    for ax in (ax_steps, ax_epochs):
+        assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title() and ax.get_yscale() == "log"
         assert ax.get_legend() is not None
-    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
-    assert labels == ["run_a train", "run_a held-out", "run_b train"]  # run_b logged no held-out loss
-    per_epoch = fig.axes[1].get_lines()[0]
-    assert np.allclose(per_epoch.get_xdata(), [1, 2, 3])  # an epoch's mean sits at its end
-    assert np.allclose(fig.axes[0].get_lines()[0].get_xdata()[:6], [0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    assert per_epoch.get_ydata()[0] == pytest.approx(np.mean([r[3] for r in read_rows(losses / "run_a.txt")][:5]))
+    labels = [t.get_text() for t in ax_epochs.get_legend().get_texts()]
+    assert labels == ["run_a train (mean of the epoch)", "run_a held-out", "run_b train (mean of the epoch)"]
+    train, held_out = ax_epochs.get_lines()[:2]
+    assert train.get_color() != held_out.get_color() and train.get_marker() != held_out.get_marker()
+    assert {train.get_color(), held_out.get_color()} <= set(PALETTE)  # the colour-blind-safe palette
+    assert np.allclose(train.get_xdata(), [1, 2, 3])  # an epoch's mean sits at its end
+    assert train.get_ydata()[0] == pytest.approx(np.mean([r[3] for r in read_rows(losses / "run_a.txt")][:20]))
+    raw, smooth = ax_steps.get_lines()[:2]
+    assert np.allclose(raw.get_xdata(), np.arange(1, 61))  # optimiser steps done
+    assert raw.get_alpha() < 1 and smooth.get_linewidth() > raw.get_linewidth()
+    assert np.allclose(smooth.get_ydata()[0], raw.get_ydata()[:6].mean())  # a tenth of the 60 steps
+    lr_axis = next(ax for ax in fig.axes if ax.get_ylabel() == "learning rate")
+    assert np.allclose(lr_axis.get_lines()[0].get_ydata(), 1e-4 * np.arange(1, 61))
+    assert "run_a learning rate" in [t.get_text() for t in ax_steps.get_legend().get_texts()]
     plt.close(fig)
     with pytest.raises(FileNotFoundError, match="run_c"):
         plot_losses("run_c", tmp_path)
+
+
+def test_the_step_and_epoch_axes_map_onto_each_other() -> None:
+    """Epoch e ends after the steps it logged: 5 steps an epoch -> epoch 2 done at 10 steps."""
+    log = {"epoch": np.repeat([1.0, 2.0, 3.0], 5), "step": np.arange(15.0)}
+    steps, epochs = epoch_of_step(log)
+    assert steps.tolist() == [0, 5, 10, 15] and epochs.tolist() == [0, 1, 2, 3]
+    resumed = {"epoch": np.array([2.0, 2.0, 3.0]), "step": np.array([5.0, 6.0, 7.0])}  # a log read from epoch 2 on
+    assert epoch_of_step(resumed)[0].tolist() == [0, 7, 8]
 
 
 def read_rows(path: Path) -> list[list[float]]:

@@ -21,10 +21,10 @@ from matplotlib.figure import Figure
 
 from dataset_loader.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
 from ml.model import reconstruct
+from ml.notebook.curves import LR_COLOUR, PALETTE
 from ml.notebook.samples import load_samples
 from ml.training.checkpoint import find_checkpoint, prepare_model
 from ml.training.engine import evaluate_loss
-from ml.training.run import Run
 
 PANEL_INCHES = 2.4  # side of one image panel
 DPI = 100
@@ -107,12 +107,58 @@ def row_columns(norm_pix_loss: bool) -> int:
     return 6 if norm_pix_loss else 5
 
 
+def _patch_grid(ax: Any, size: int, patch: int) -> None:
+    """Thin lines on the patch boundaries of a (size x size) image panel."""
+    for edge in range(patch, size, patch):
+        ax.axhline(edge - 0.5, color="white", linewidth=0.4, alpha=0.45)
+        ax.axvline(edge - 0.5, color="white", linewidth=0.4, alpha=0.45)
+
+
+def mask_image(mask: torch.Tensor, size: int) -> np.ndarray:
+    """The (L,) mask (1 = masked) as a (size, size) array of its patches."""
+    side = math.isqrt(mask.numel())
+    patch = size // side
+    return np.kron(mask.reshape(side, side).float().numpy(), np.ones((patch, patch)))
+
+
+def error_map(result: dict[str, Any]) -> np.ndarray:
+    """Squared error of the prediction per pixel (mean over colours) on masked patches, NaN on the visible ones; in
+    the space the loss is taken in (per-patch normalised pixels for norm-pix models, normalised images otherwise)."""
+    if result["norm_pix_loss"]:
+        prediction, target = result["prediction"], result["target_normalised"]
+    else:
+        prediction, target = result["reconstruction"], result["f2"]
+    error = ((prediction - target) ** 2).mean(0).numpy()  # (H, W)
+    return np.where(mask_image(result["mask"], error.shape[0]) > 0, error, np.nan)
+
+
+def _draw_mask_overlay(ax: Any, result: dict[str, Any]) -> None:
+    """f2 with its masked patches shaded (the visible ones, given to the model, stay clear)."""
+    image = to_display_image(result["f2"])
+    shade = mask_image(result["mask"], image.shape[0])
+    kept, total = int((result["mask"] == 0).sum()), result["mask"].numel()
+    overlay = np.zeros((*shade.shape, 4))
+    overlay[..., 3] = 0.62 * shade
+    _show(ax, image, f"f2 and its mask: {total - kept} shaded\npatches hidden, {kept} of {total} given")
+    ax.imshow(overlay, interpolation="nearest")
+
+
+def _draw_error(ax: Any, result: dict[str, Any]) -> None:
+    error = error_map(result)
+    cmap = plt.get_cmap("magma").with_extremes(bad="#d9d9d9")  # grey: visible patches, no prediction to score
+    shown = ax.imshow(error, cmap=cmap, vmin=0, vmax=max(float(np.nanpercentile(error, 99)), 1e-6),
+                      interpolation="nearest")
+    ax.set_title(f"squared error on masked patches\n(mean {float(np.nanmean(error)):.3f}; grey: given)", fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    bar = ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    bar.ax.tick_params(labelsize=8)
+    bar.set_label("normalised pixels²" if result["norm_pix_loss"] else "(normalised image)²", fontsize=8)
+
+
 def _draw_row(axes: Sequence[Any], result: dict[str, Any], label: str | None = None) -> None:
-    kept = int((result["mask"] == 0).sum())
-    total = result["mask"].numel()
-    panels = [(to_display_image(result["f1"]), "f1 (past frame)"),
-              (to_display_image(result["f2"]), "f2 (future frame)"),
-              (to_display_image(result["visible"]), f"visible patches of f2\n({kept} of {total}, given)")]
+    """f1, f2 with its mask, the prediction panels, the error map; a patch grid on every image."""
+    panels = [(to_display_image(result["f1"]), "f1 (past frame, whole)")]
     if result["norm_pix_loss"]:
         panels += [(normalised_patches_image(result["target_normalised"]), "target: f2 per-patch\nnormalised"),
                    (normalised_patches_image(result["prediction"]),
@@ -121,8 +167,15 @@ def _draw_row(axes: Sequence[Any], result: dict[str, Any], label: str | None = N
     else:
         panels += [(to_display_image(result["reconstruction"]), f"prediction, loss {result['loss']:.3f}"),
                    (to_display_image(result["pasted"]), "prediction\n+ visible patches")]
-    for ax, (image, title) in zip(axes, panels):
+    _show(axes[0], *panels[0])
+    _draw_mask_overlay(axes[1], result)
+    for ax, (image, title) in zip(axes[2:], panels[1:]):
         _show(ax, image, title)
+    _draw_error(axes[len(panels) + 1], result)
+    size = panels[0][0].shape[0]
+    patch = size // math.isqrt(result["mask"].numel())
+    for ax in axes[:len(panels) + 2]:
+        _patch_grid(ax, size, patch)
     if label:
         axes[0].set_ylabel(label, fontsize=9)
 
@@ -198,14 +251,15 @@ def plot_f1_ablation(table: dict[str, dict[str, float]], title: str | None = Non
     splits = list(next(iter(table.values())))
     fig, ax = plt.subplots(figsize=(1.6 + 2.2 * len(splits), 3.6), layout="constrained")
     width = 0.8 / len(conditions)
-    colours = ["tab:green", "tab:red", "tab:gray", "tab:blue"]
+    colours = [PALETTE[2], PALETTE[3], LR_COLOUR, PALETTE[0]]  # colour-blind-safe, grey for the grey frame
     for k, condition in enumerate(conditions):
         x = np.arange(len(splits)) + (k - (len(conditions) - 1) / 2) * width
         values = [table[condition][s] for s in splits]
         bars = ax.bar(x, values, width, label=condition, color=colours[k % len(colours)])
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
     ax.set_xticks(np.arange(len(splits)), [f"{s} pairs" for s in splits])
-    ax.set_ylabel("loss on f2's masked patches")
+    ax.set_ylabel("loss: MSE on f2's masked patches\n(per-patch normalised pixels)")
+    ax.set_xlabel("fixed frame pairs of each split")
     low = min(min(r.values()) for r in table.values())
     high = max(max(r.values()) for r in table.values())
     ax.set_ylim(max(0.0, low - 0.25 * (high - low) - 0.02), high + 0.15 * (high - low) + 0.02)
@@ -273,57 +327,6 @@ def plot_cross_attention(
                  f"{heads_of}: head {k + 1}" if row == 0 else f"head {k + 1}")
     fig.suptitle("decoder cross-attention of masked patches of f2 over f1; green box: the patch's own position, "
                  "cyan x: the peak", fontsize=11)
-    return fig
-
-
-# ---------------------------------------------------------------- loss curves
-def _epoch_positions(epochs: np.ndarray) -> np.ndarray:
-    """x positions for per-iteration values: the n iterations of epoch e (counted from 1) spread over [e - 1, e)."""
-    x = epochs.astype(np.float64).copy()
-    for e in np.unique(epochs):
-        where = np.flatnonzero(epochs == e)
-        x[where] = e - 1 + np.arange(len(where)) / len(where)
-    return x
-
-
-def plot_losses(runs: str | Run | Sequence[str | Run], output_dir: str | os.PathLike = ".") -> Figure:
-    """Training and held-out loss curves of one or several runs (a `Run`, or a run name under `output_dir`).
-
-    Left: the training loss of every iteration (faint) and its running mean. Right: per epoch (counted
-    from 1), the mean training loss (solid) and the held-out loss (dashed), where one was logged.
-    """
-    runs = [runs] if isinstance(runs, (str, Run)) else list(runs)
-    if not runs:
-        raise ValueError("give at least one run")
-    runs = [r if isinstance(r, Run) else Run(output_dir, r) for r in runs]
-    fig, (ax_iter, ax_epoch) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, run in enumerate(runs):
-        colour = colours[k % len(colours)]
-        prefix = run.prefix
-        if not run.losses.is_file():
-            raise FileNotFoundError(f"no training log for run {prefix!r} at {run.losses}")
-        log = run.read_train_log()
-        epochs, loss = log["epoch"], log["loss"]
-        x = _epoch_positions(epochs)
-        ax_iter.plot(x, loss, color=colour, alpha=0.25, linewidth=0.8)
-        window = max(1, min(50, len(loss) // 10))
-        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-        ax_iter.plot(x[window - 1:], smooth, color=colour, linewidth=1.8, label=f"{prefix} (mean of {window})")
-        # epochs are counted from 1: an epoch's training mean sits at its end, where its held-out loss is measured
-        ends = np.unique(epochs)
-        means = [loss[epochs == e].mean() for e in ends]
-        ax_epoch.plot(ends, means, "o-", color=colour, label=f"{prefix} train")
-        if run.test_losses.is_file():
-            test = run.read_test_log()
-            if len(test.get("loss", ())):
-                ax_epoch.plot(test["epoch"], test["loss"], "s--", color=colour, label=f"{prefix} held-out")
-    ax_iter.set(title="training loss per iteration", xlabel="epoch", ylabel="loss (MSE on masked patches)")
-    ax_epoch.set(title="mean loss per epoch: training and held-out", xlabel="epochs completed",
-                 ylabel="loss (MSE on masked patches)")
-    for ax in (ax_iter, ax_epoch):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=9)
     return fig
 
 
