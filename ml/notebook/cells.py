@@ -29,11 +29,11 @@ from ml.notebook.analysis import (
     format_f1_ablation,
     textured_masked_patches,
 )
+from ml.notebook.curves import plot_losses
 from ml.notebook.plots import (  # noqa: F401  (the notebook calls these through this module)
     plot_attention_maps,
     plot_cross_attention,
     plot_f1_ablation,
-    plot_losses,
     plot_pairs,
     plot_results_from_checkpoint,
     plot_sample,
@@ -125,7 +125,7 @@ def train_then_stop(config: TrainConfig, test_loader: Any) -> torch.nn.Module:
     """Train, stopping one epoch before the end as if interrupted (or continue an interrupted notebook run)."""
     start = time.perf_counter()
     model = train(config, resume="auto", test_loader=test_loader, stop_after_epoch=max(1, config.epochs - 1),
-                  progress=False)
+                  progress=True)
     print(f"training cell: {time.perf_counter() - start:.1f} s")
     return model
 
@@ -138,7 +138,7 @@ def resume_training(config: TrainConfig, test_loader: Any) -> torch.nn.Module:
     print(f"{latest}: epoch {meta['epoch']}, optimiser step {meta['step']}, arch {meta['config']['arch']}")
     print("files:", ", ".join(sorted(p.name for p in run.checkpoint_dir.glob("*.pth"))))
     start = time.perf_counter()
-    model = train(config, resume="auto", test_loader=test_loader, progress=False)
+    model = train(config, resume="auto", test_loader=test_loader, progress=True)
     meta = read_checkpoint_meta(run.latest_checkpoint())
     print(f"resumed run now at epoch {meta['epoch']} of {config.epochs}, step {meta['step']} "
           f"({time.perf_counter() - start:.1f} s)")
@@ -287,7 +287,7 @@ def compare_on_davis(config: TrainConfig, model: torch.nn.Module, davis_root: Pa
         out = Path(config.output_dir) / "eval" / f"davis-{tag}"  # one folder per weights
         start = time.perf_counter()
         r = run_evaluation("davis", davis_root, out, encoder=encoder.to(device).eval(), arch=config.arch,
-                           device=device, sequences=[sequence], progress=False)
+                           device=device, sequences=[sequence], progress=True)
         results[name] = r
         print(f"{name:12s} J&F {r['J&F-Mean']:.3f}  J {r['J-Mean']:.3f}  F {r['F-Mean']:.3f}  "
               f"({r['frames']} frames of {davis_root.name}/{sequence}, protocol {r['protocol']}, "
