@@ -93,8 +93,11 @@ def lab_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         finally:
             driver.quit()
     result["total_seconds"] = time.monotonic() - started
-    (SCREENSHOTS / "run.json").write_text(json.dumps({k: result[k] for k in ("seconds", "total_seconds", "console")},
-                                                     indent=1))
+    record = {k: result[k] for k in ("seconds", "total_seconds", "console")}
+    record["figures"] = [{"cell": c["source"].splitlines()[0], "natural": c["images"][0][:2],
+                          "displayed_width": round(c["images"][0][2])} for c in figure_cells(result["cells"])
+                         if c["images"]]
+    (SCREENSHOTS / "run.json").write_text(json.dumps(record, indent=1))
     return result
 
 
