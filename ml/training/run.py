@@ -58,6 +58,8 @@ from ml.training.config import TrainConfig, recipe_differences
 LOCK_NAME = ".lock"
 TRAIN_LOG_HEADER = "# epoch step lr loss"
 TEST_LOG_HEADER = "# epoch loss"
+# evals/<prefix>/evals.csv: one row per evaluation during training (--eval-every), read by `python -m ml.report`
+EVALS_COLUMNS = ("epoch", "benchmark", "protocol", "J&F-Mean", "J-Mean", "F-Mean", "seconds")
 
 
 class RunError(RuntimeError):
@@ -78,6 +80,8 @@ class Run:
         self.losses = self.root / "losses" / f"{prefix}.txt"
         self.test_losses = self.root / "test_losses" / f"{prefix}.txt"
         self.tensorboard_dir = self.root / "tensorboard" / prefix
+        self.evals_dir = self.root / "evals" / prefix  # epoch-<E>/ evaluation folders and evals.csv
+        self.evals_csv = self.evals_dir / "evals.csv"
         self._lock_file: IO | None = None
         self._logs: dict[str, _Log] = {}
         self._superseded: list[Path] = []  # checkpoints of a rewound history, moved aside at the first save
@@ -93,6 +97,10 @@ class Run:
 
     def checkpoint(self, epoch: int) -> Path:
         return self.checkpoint_dir / f"checkpoint-{epoch}.pth"
+
+    def eval_dir(self, epoch: int) -> Path:
+        """The evaluation folder of the encoder after `epoch` (as `python -m ml.evaluate --output` writes one)."""
+        return self.evals_dir / f"epoch-{epoch:04d}"
 
     def __repr__(self) -> str:
         return f"Run({str(self.root)!r}, {self.prefix!r})"
