@@ -18,6 +18,7 @@ One job per module:
 from ml.eval.benchmarks import run_benchmark  # noqa: F401
 from ml.eval.cli import main, run_evaluation  # noqa: F401
 from ml.eval.data import write_synthetic_davis  # noqa: F401
+from ml.eval.during_training import evaluation_hook, read_evals  # noqa: F401
 from ml.eval.encoders import PixelEncoder, load_encoder, weights_fingerprint  # noqa: F401
 from ml.eval.features import FeatureExtractor  # noqa: F401
 from ml.eval.plots import plot_propagation  # noqa: F401

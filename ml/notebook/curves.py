@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from ml.eval.during_training import read_evals
 from ml.training.run import Run
 
 # Okabe & Ito (2008): blue, orange, bluish green, vermillion, reddish purple, sky blue, yellow, black
@@ -105,7 +106,10 @@ def plot_losses(runs: str | Run | Sequence[str | Run], output_dir: str | os.Path
     for run in runs:
         if not run.losses.is_file():
             raise FileNotFoundError(f"no training log for run {run.prefix!r} at {run.losses}")
-    fig, (ax_steps, ax_epochs) = plt.subplots(1, 2, figsize=(12, 5.2), layout="constrained")
+    evals = {run.prefix: read_evals(run.evals_csv) for run in runs}
+    panels = 3 if any(evals.values()) else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5.2), layout="constrained")
+    ax_steps, ax_epochs = axes[:2]
     ax_lr = ax_steps.twinx()
     for k, run in enumerate(runs):
         train_colour, test_colour = run_colours(k)
@@ -129,5 +133,20 @@ def plot_losses(runs: str | Run | Sequence[str | Run], output_dir: str | os.Path
     for ax in (ax_steps, ax_epochs):
         ax.grid(alpha=0.3, which="both")
         plain_log_ticks(ax)
+    if panels == 3:
+        _plot_evals(axes[2], runs, evals)
     fig.suptitle("loss curves: " + ", ".join(run.prefix for run in runs), fontsize=12)
     return fig
+
+
+def _plot_evals(ax: Any, runs: list[Run], evals: dict[str, list[dict[str, Any]]]) -> None:
+    """DAVIS J&F of the evaluations during training (`--eval-every`) against epochs: is correspondence improving?"""
+    for k, run in enumerate(runs):
+        rows = [r for r in evals[run.prefix] if r["benchmark"] == "davis"]
+        if rows:
+            protocol = rows[-1]["protocol"]
+            ax.plot([r["epoch"] for r in rows], [r["J&F-Mean"] for r in rows], "D-", color=run_colours(k)[0],
+                    linewidth=2, markersize=6, label=f"{run.prefix} ({protocol} protocol)")
+    ax.set(title="label propagation during training", xlabel="epochs done", ylabel="DAVIS J&F (mean of J and F, 0-1)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=1, fontsize=9, frameon=False)

@@ -9,16 +9,19 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from dataset_loader.dataset import KineticsFramePairs, find_videos
 from dataset_loader.loader import make_pair_loader
 from mae.pretrained import resolve_pretrained
-from ml.model import SiamMAE, create_model
+from ml.model import SiamMAE, create_model, model_args_for
 from ml.training.config import TrainConfig
 from ml.training.distributed import get_world_size
+from ml.training.engine import unwrap_model
 
 
 def build_model(config: TrainConfig) -> SiamMAE:
@@ -102,3 +105,27 @@ def check_batch_fits(num_videos: int, config: TrainConfig, world_size: int = 1) 
             f"x {accum} accumulation) but an epoch reads {per_epoch} (the {num_videos} videos of split "
             f"'{config.train_split}' / repeated_sampling): lower the batch size"
         )
+
+
+def check_loader(config: TrainConfig, loader: Any) -> None:
+    """A loader passed in must give the config's pairs per batch (the schedule and learning rate follow them)."""
+    videos = getattr(loader, "batch_size", None)
+    repeated = int(getattr(getattr(loader, "dataset", None), "repeated_sampling", 1))
+    if videos is not None and videos * repeated != config.batch_size:
+        raise ValueError(f"batch_size: the data loader gives {videos * repeated} pairs per batch ({videos} videos x "
+                         f"{repeated}), the config says {config.batch_size}")
+
+
+def check_model(config: TrainConfig, model: nn.Module) -> None:
+    """A model passed in must be the config's (arch, sizes, decoder, masking), else training would not be the run."""
+    wanted = model_args_for(config.arch, **config.model_kwargs_full())
+    have = getattr(unwrap_model(model), "model_args", None)
+    if have is None:
+        raise ValueError(f"the model is a {type(model).__name__}, not a SiamMAE (it has no model_args)")
+    differences = sorted(k for k in set(wanted) | set(have) if wanted.get(k) != have.get(k))
+    if differences:
+        raise ValueError("arch/model_kwargs: the model passed in differs from the config's in " + ", ".join(
+            f"{k} ({have.get(k)!r} vs {wanted.get(k)!r})" for k in differences))
+
+
+# ---------------------------------------------------------------- the whole run

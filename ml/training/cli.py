@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from mae.pretrained import CheckpointError
 from ml.files import DiskFullError
 from ml.training.config import TrainConfig
 from ml.training.distributed import cleanup_distributed, init_distributed
+from ml.training.engine import EpochEnd
 from ml.training.options import add_config_options, options_to_changes
 from ml.training.presets import PRESETS, get_preset
 from ml.training.pretrain import train
@@ -54,7 +56,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return get_preset(args.preset, **options_to_changes(args, args.set))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None,
+         evaluation_hook: Callable[[TrainConfig], Callable[[EpochEnd], None] | None] | None = None) -> int:
+    """The command line; `evaluation_hook(config)` gives the after-epoch hook of `--eval-every` (`ml.train` passes
+    `ml.eval.evaluation_hook`: evaluation sits above training, so it is handed in)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -64,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err).splitlines()[0])
     try:
+        after_epoch = evaluation_hook(config) if evaluation_hook is not None else None  # checks --eval-davis now
         init_distributed(config.device, timeout_minutes=config.dist_timeout_minutes)
         train(config, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
-              progress=False if args.no_progress else None, allow_new_data=args.allow_new_data)
+              progress=False if args.no_progress else None, allow_new_data=args.allow_new_data,
+              after_epoch=after_epoch)
     except TrainingStopped as err:
         message = str(err).splitlines()[0]
         if "resume" not in message:  # stopped outside the epoch loop, which names the checkpoint to resume from

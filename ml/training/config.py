@@ -114,6 +114,10 @@ class TrainConfig:
     tensorboard_figure_every: int = _f(10, "epochs between two reconstruction figures in TensorBoard")
     print_every: int = _f(1, "print the epoch summary line every this many epochs (and for the first and last "
                              "epoch of a call); the logs get every epoch whatever this is")
+    eval_every: int = _f(0, "label propagation on --eval-davis every this many epochs and after the last (0: never); "
+                            "main process, a frozen copy of the encoder, evals/<prefix>/")
+    eval_davis: str = _f("", "DAVIS-2017 folder (or any in its layout) that --eval-every evaluates on")
+    eval_max_sequences: int | None = _f(None, "evaluate on the first N sequences of --eval-davis only (None: all)")
 
     def __post_init__(self) -> None:
         self.crop_scale = tuple(self.crop_scale)
@@ -164,6 +168,10 @@ class TrainConfig:
         need(self.dist_timeout_minutes > 0, f"dist_timeout_minutes must be positive, got {self.dist_timeout_minutes}")
         need(self.max_videos is None or self.max_videos >= 1, f"max_videos must be >= 1 or None, got {self.max_videos}")
         need(self.print_every >= 1, f"print_every must be >= 1, got {self.print_every}")
+        need(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        need(self.eval_every == 0 or bool(self.eval_davis), "eval_every needs eval_davis, the folder to evaluate on")
+        need(self.eval_max_sequences is None or self.eval_max_sequences >= 1,
+             f"eval_max_sequences must be >= 1 or None, got {self.eval_max_sequences}")
         need(self.tensorboard_figure_every >= 1,
              f"tensorboard_figure_every must be >= 1, got {self.tensorboard_figure_every}")
         try:  # the model's own checks, so that a bad value is refused before any work
@@ -246,7 +254,7 @@ class TrainConfig:
 RUNTIME_FIELDS = frozenset(
     {"output_dir", "prefix", "num_workers", "num_epochs_per_save", "pretrained", "precision", "test_max_videos",
      "device", "dist_timeout_minutes", "compile", "tensorboard", "tensorboard_figure_every", "uint8_batches",
-     "print_every"}
+     "print_every", "eval_every", "eval_davis", "eval_max_sequences"}
 )
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,6 +74,22 @@ def show_progress(progress: bool | None) -> bool:
         return progress and is_main_process()
     interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
     return interactive and is_main_process()
+
+
+# ---------------------------------------------------------------- after an epoch
+@dataclass
+class EpochEnd:
+    """What `train(..., after_epoch=hook)` hands its hook on the main process: after each saved epoch, and once when
+    a run starts or resumes (`resumed`, the checkpoint's epoch), so that a hook can catch up on what a killed run
+    missed. `log_scalar(name, value, epoch)` writes to the run's TensorBoard when it has one."""
+
+    module: nn.Module  # the SiamMAE being trained (not a copy: a hook must not change it)
+    epoch: int  # epochs done
+    run: Any  # its ml.training.run.Run
+    config: Any  # its resolved TrainConfig
+    device: torch.device
+    resumed: bool
+    log_scalar: Callable[[str, float, int], None]
 
 
 # ---------------------------------------------------------------- one epoch

@@ -21,6 +21,7 @@ import os
 import resource
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,14 @@ from torch.nn.parallel import DistributedDataParallel
 from dataset_loader.dataset import KineticsFramePairs
 from dataset_loader.loader import set_loader_epoch
 from mae.pretrained import CheckpointError
-from ml.model import model_args_for
-from ml.training.build import build_model, data_fingerprint, make_test_loader, make_train_loader
+from ml.training.build import (
+    build_model,
+    check_loader,
+    check_model,
+    data_fingerprint,
+    make_test_loader,
+    make_train_loader,
+)
 from ml.training.checkpoint import load_checkpoint, non_finite_tensors, read_checkpoint_meta
 from ml.training.config import TrainConfig
 from ml.training.distributed import (
@@ -48,6 +55,7 @@ from ml.training.distributed import (
     resolve_device,
 )
 from ml.training.engine import (
+    EpochEnd,
     TrainingStopped,
     evaluate_loss,
     iterations_per_epoch,
@@ -68,27 +76,6 @@ class DivergedError(FloatingPointError):
 
 
 
-def _check_loader(config: TrainConfig, loader: Any) -> None:
-    """A loader passed in must give the config's pairs per batch (the schedule and learning rate follow them)."""
-    videos = getattr(loader, "batch_size", None)
-    repeated = int(getattr(getattr(loader, "dataset", None), "repeated_sampling", 1))
-    if videos is not None and videos * repeated != config.batch_size:
-        raise ValueError(f"batch_size: the data loader gives {videos * repeated} pairs per batch ({videos} videos x "
-                         f"{repeated}), the config says {config.batch_size}")
-
-
-def _check_model(config: TrainConfig, model: nn.Module) -> None:
-    wanted = model_args_for(config.arch, **config.model_kwargs_full())
-    have = getattr(unwrap_model(model), "model_args", None)
-    if have is None:
-        raise ValueError(f"the model is a {type(model).__name__}, not a SiamMAE (it has no model_args)")
-    differences = sorted(k for k in set(wanted) | set(have) if wanted.get(k) != have.get(k))
-    if differences:
-        raise ValueError("arch/model_kwargs: the model passed in differs from the config's in " + ", ".join(
-            f"{k} ({have.get(k)!r} vs {wanted.get(k)!r})" for k in differences))
-
-
-# ---------------------------------------------------------------- the whole run
 def train(
     config: TrainConfig,
     *,
@@ -99,6 +86,7 @@ def train(
     stop_after_epoch: int | None = None,
     progress: bool | None = None,
     allow_new_data: bool = False,
+    after_epoch: Callable[[EpochEnd], None] | None = None,
 ) -> nn.Module:
     """Train the run `config` describes; returns the trained model (checkpoints and logs in its `Run`).
 
@@ -110,11 +98,16 @@ def train(
     later history is moved aside at the first new save). A resumed run gives the same per-iteration
     losses as one that never stopped (bit-identical on the CPU). `stop_after_epoch`: return after
     this epoch (1-based) as if stopped. `allow_new_data`: resume on other training videos than the checkpoint's
-    (refused otherwise, unless they are the same files moved elsewhere). Under torchrun, call it in every process.
+    (refused otherwise, unless they are the same files moved elsewhere). `after_epoch`: a hook run on the main
+    process after each saved epoch and once at the start (`ml.training.engine.EpochEnd`; the other processes wait);
+    `config.eval_every` needs one: `ml.eval.evaluation_hook(config)`. Under torchrun, call it in every process.
     """
     # -- every check before any file is written
     if stop_after_epoch is not None and stop_after_epoch < 1:
         raise ValueError(f"stop_after_epoch must be >= 1, got {stop_after_epoch}")
+    if config.eval_every and after_epoch is None:
+        raise ValueError("eval_every needs the evaluation hook: train(config, after_epoch=ml.eval.evaluation_hook("
+                         "config)), as python -m ml.train does")
     run_config = config.resolved(get_world_size())
     device, precision = _device_and_precision(run_config)
     run = Run.of(config)
@@ -130,11 +123,12 @@ def train(
         with stop_on_signals() as stop:
             state = _restore(run, run_config, model, train_loader, test_loader, start_from, device, precision,
                              steps_per_epoch)
-            state.data_fingerprint = fingerprint
+            state.data_fingerprint, state.after_epoch = fingerprint, after_epoch
             if state.start_epoch >= run_config.epochs:
                 print_main(f"{run_config.prefix}: all {run_config.epochs} epochs are done already")
                 return state.module
             _begin(state, start_from)
+            _after_epoch(state, state.start_epoch, resumed=True)  # a hook catches up on what a killed run missed
             try:
                 for epoch in range(state.start_epoch, run_config.epochs):
                     if _run_epoch(state, epoch, stop, stop_after_epoch, progress):
@@ -171,7 +165,7 @@ def _data_and_model(config: TrainConfig, model: nn.Module | None, train_loader: 
             raise FileNotFoundError(f"data: {config.data} does not exist (see dataset/README.md)")
         train_loader = make_train_loader(config, distributed=world > 1)
     else:
-        _check_loader(config, train_loader)
+        check_loader(config, train_loader)
     if isinstance(getattr(train_loader, "dataset", None), KineticsFramePairs):
         train_loader.dataset.check_readable()
     if isinstance(test_loader, str) and test_loader == "auto":
@@ -180,7 +174,7 @@ def _data_and_model(config: TrainConfig, model: nn.Module | None, train_loader: 
         seed_everything(config.seed)  # the same initial weights in every process
         model = build_model(config)
     else:
-        _check_model(config, model)
+        check_model(config, model)
     _check_file_size_limit(model)
     return train_loader, test_loader, model
 
@@ -246,6 +240,7 @@ class _State:
     board: TensorBoard | None = None
     log: Any = None
     data_fingerprint: str | None = None  # of the training videos, stored with each checkpoint
+    after_epoch: Callable[[EpochEnd], None] | None = None
 
 
 def _restore(run: Run, config: TrainConfig, model: nn.Module, train_loader: Any, test_loader: Any,
@@ -327,6 +322,7 @@ def _run_epoch(state: _State, epoch: int, stop: StopRequest, stop_after_epoch: i
         state.board.epoch(epoch + 1, test_loss, state.module,
                           state.test_loader if state.test_loader is not None else state.train_loader)
     _save_epoch(state, epoch + 1)
+    _after_epoch(state, epoch + 1)
     test_text = f", test loss {test_loss:.4f}" if test_loss is not None else ""
     last_of_call = epoch + 1 == config.epochs or epoch + 1 == stop_after_epoch or stop()
     if (epoch + 1) % config.print_every == 0 or epoch == state.start_epoch or last_of_call:
@@ -339,6 +335,17 @@ def _run_epoch(state: _State, epoch: int, stop: StopRequest, stop_after_epoch: i
         print_main(f"stopping after epoch {epoch + 1} as asked; resume='auto' continues the run")
         return True
     return False
+
+
+def _after_epoch(state: _State, epochs_done: int, resumed: bool = False) -> None:
+    """The hook on the main process, the others waiting for it (it may evaluate for minutes: see dist_timeout)."""
+    if state.after_epoch is None:
+        return
+    if is_main_process():
+        board = state.board.writer if state.board is not None else None
+        state.after_epoch(EpochEnd(state.module, epochs_done, state.run, state.config, state.device, resumed,
+                                   board.add_scalar if board is not None else lambda *_: None))
+    barrier()
 
 
 def _load_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
