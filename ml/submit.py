@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluation_hook(config)  # --eval-davis checked now, not when the job starts
         check_partition(job.partition)
         tasks = job.tasks_per_node or (1 if job.executor == "local" else job.gpus_per_node)
+        config.accum_steps(job.nodes * tasks)  # total_batch_size must split over the job's processes
         executor = make_executor(Path(config.output_dir) / "submitit" / config.prefix, job.executor, nodes=job.nodes,
                                  gpus_per_node=job.gpus_per_node, tasks_per_node=tasks, timeout_min=job.timeout,
                                  cpus_per_task=job.cpus_per_task, mem_gb=job.mem_gb, name=config.prefix,

@@ -78,6 +78,7 @@ def test_a_job_preempted_mid_epoch_requeues_and_ends_with_the_losses_of_an_unint
     (["--nodez", "2"], "unrecognized arguments: --nodez 2"),
     (["--eval-every", "1", "--eval-davis", "/nonexistent/davis"], "no such folder"),
     (["--epochs", "0"], "epochs must be >= 1"),
+    (["--executor", "local", "--tasks-per-node", "2", "--total-batch-size", "6"], "is not a multiple of batch_size"),
 ])
 def test_bad_options_are_refused_before_anything_is_submitted(tmp_path: Path, capsys, argv: list[str],
                                                               message: str) -> None:
