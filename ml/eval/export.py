@@ -90,7 +90,8 @@ def timm_weights(model: SiamMAE) -> tuple[str, dict[str, torch.Tensor]]:
     if arch is None:
         patch, width, depth, heads = encoder_shape(model)
         raise ExportError(f"timm has no ViT of this encoder's shape (patch {patch}, width {width}, {depth} blocks, "
-                          f"{heads} heads, MLP ratio 4 needed): exportable are {', '.join(TIMM_VITS.values())}")
+                          f"{heads} heads): exportable are the shapes of {', '.join(TIMM_VITS.values())} (MLP "
+                          f"ratio 4, 3 channels)")
     state = dict(encoder_to_timm(model, num_classes=0).state_dict())
     grid = TIMM_IMG_SIZE // model.encoder.patch_size
     state["pos_embed"] = model.encoder.pos_embed_for((grid, grid))
