@@ -115,6 +115,8 @@ def bad_inputs(davis: Path, tmp_path: Path, out: Path) -> dict[str, tuple[list[s
     (no_record / "run.json").unlink()
     (tmp_path / "empty").mkdir()
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "not_a_record").mkdir()
+    (tmp_path / "not_a_record" / "run.json").write_text('{"files": {}}')
     (tmp_path / "out" / "checkpoints" / "nothing").mkdir(parents=True)
     good = str(tiny_run(tmp_path / "good")[0].checkpoint_dir)
     return {
@@ -122,6 +124,7 @@ def bad_inputs(davis: Path, tmp_path: Path, out: Path) -> dict[str, tuple[list[s
         "a file": ([str(tmp_path / "a_file")], "is a file, not a run folder"),
         "neither": ([str(tmp_path / "empty")], "is neither a run folder"),
         "no run.json": ([str(no_record)], "holds no run.json"),
+        "another run.json": ([str(tmp_path / "not_a_record")], "is not an evaluation record"),
         "empty run": ([str(tmp_path / "out" / "checkpoints" / "nothing")], "has no checkpoint and no evaluations"),
         "good, then bad": ([good, str(tmp_path / "empty")], "is neither a run folder"),
         "output is a file": ([good, "--output", str(tmp_path / "a_file")], "is a file"),

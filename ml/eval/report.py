@@ -114,9 +114,12 @@ def read_record(folder: Path) -> dict[str, Any]:
     """run.json's record of an evaluation folder; ReportError when it is not one."""
     try:
         record = json.loads((folder / "run.json").read_text())["record"]
-        record["dataset"], record["protocol"]["name"]  # noqa: B018  (both must be there)
+        complete = isinstance(record["dataset"], str) and isinstance(record["protocol"]["name"], str)
     except (ValueError, KeyError, TypeError) as err:
-        raise ReportError(f"{folder / 'run.json'} is not an evaluation record of this project ({err})") from None
+        complete, record = False, {"error": err}
+    if not complete:
+        raise ReportError(f"{folder / 'run.json'} is not an evaluation record of this project (it needs record."
+                          f"dataset and record.protocol.name)")
     return record
 
 
@@ -199,7 +202,7 @@ def run_row(run: Run) -> dict[str, Any]:
             latest[e["benchmark"]] = e
     for benchmark, e in sorted(latest.items()):
         folder = run.eval_dir(e["epoch"])
-        if (folder / "run.json").is_file():
+        if (folder / "run.json").is_file() and read_record(folder)["dataset"] == benchmark:
             found = evaluation_results(folder)
             row["notes"] += found.pop("notes")
             row.update(found)
