@@ -6,7 +6,7 @@
     ml/notebook/   what SiamMAE.ipynb's cells call: figures, samples.pickle, analyses, the headless demo
     ml/files.py    atomic writes and writability (used by every layer and by dataset_loader)
     ml/SiamMAE.py, ml/utils.py   the seed's interface, as thin faces over the layers
-    ml/train.py, ml/evaluate.py, ml/demo.py   the command lines (python -m ml.train, ...)
+    ml/train.py, ml/evaluate.py, ml/demo.py, ml/report.py, ml/export.py   the command lines (python -m ml.train, ...)
 
 Below them: `mae/` (the MAE ViT backbone) and `dataset_loader/` (Kinetics frame pairs).
 """

@@ -13,6 +13,8 @@ One job per module:
     score.py        scoring any folder of predicted masks
     plots.py        propagated masks over the frames
     cli.py          run_evaluation and `python -m ml.evaluate`
+    report.py       results of runs and evaluation folders in one table beside the published ones (`ml.report`)
+    export.py       a run's encoder as a timm model with its config and model card (`python -m ml.export`)
 """
 
 from ml.eval.benchmarks import run_benchmark  # noqa: F401

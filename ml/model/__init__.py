@@ -11,12 +11,21 @@ from ml.model.decoder import (
     check_decoder_type,
     decoder_dims,
 )
-from ml.model.presets import SIAMMAE_PRESETS, create_model, encoder_to_timm, load_mae_encoder, model_args_for, preset_of
+from ml.model.presets import (
+    SIAMMAE_PRESETS,
+    TIMM_VITS,
+    create_model,
+    encoder_to_timm,
+    load_mae_encoder,
+    model_args_for,
+    preset_of,
+    timm_arch,
+)
 from ml.model.reconstruct import fixed_masks, reconstruct
 from ml.model.siammae import MASK_RATIO, SiamMAE, check_mask_ratio
 
 __all__ = [
     "DECODER_SIZES", "DECODER_TYPES", "MASK_RATIO", "SIAMMAE_PRESETS", "CrossAttention", "CrossBlock", "CrossDecoder",
-    "SiamMAE", "check_decoder_type", "check_mask_ratio", "create_model", "decoder_dims", "encoder_to_timm",
-    "fixed_masks", "load_mae_encoder", "model_args_for", "preset_of", "reconstruct",
+    "SiamMAE", "TIMM_VITS", "check_decoder_type", "check_mask_ratio", "create_model", "decoder_dims",
+    "encoder_to_timm", "fixed_masks", "load_mae_encoder", "model_args_for", "preset_of", "reconstruct", "timm_arch",
 ]

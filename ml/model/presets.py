@@ -3,6 +3,7 @@
     model = create_model("siammae_tiny", img_size=64)                 # a preset with some arguments replaced
     model = create_model("siammae_vit_base_patch16", pretrained=path)  # encoder from an official MAE file
     vit = encoder_to_timm(model)                                      # the encoder as a timm ViT
+    timm_arch(model)                                                  # timm's ViT of the encoder's shape, if any
 """
 
 from __future__ import annotations
@@ -28,6 +29,18 @@ SIAMMAE_PRESETS: dict[str, dict] = {
         "img_size": 112, "patch_size": 16, "embed_dim": 192, "depth": 4, "num_heads": 3,
         "decoder_embed_dim": 128, "decoder_depth": 2, "decoder_num_heads": 4,
     },
+}
+
+# timm's plain ViTs (3 channels, MLP ratio 4, a class token, 224x224) by (patch, width, depth, heads): the names an
+# encoder of that shape is published under (`python -m ml.export`)
+TIMM_VITS: dict[tuple[int, int, int, int], str] = {
+    (16, 192, 12, 3): "vit_tiny_patch16_224",
+    (16, 384, 12, 6): "vit_small_patch16_224",
+    (8, 384, 12, 6): "vit_small_patch8_224",
+    (16, 768, 12, 12): "vit_base_patch16_224",
+    (8, 768, 12, 12): "vit_base_patch8_224",
+    (16, 1024, 24, 16): "vit_large_patch16_224",
+    (14, 1280, 32, 16): "vit_huge_patch14_224",
 }
 
 
@@ -75,6 +88,18 @@ def load_mae_encoder(model: SiamMAE, checkpoint: str | os.PathLike | Mapping) ->
     """Load an MAE checkpoint's encoder (official keys) into `model.encoder`; every encoder key must be there."""
     return load_mae_weights(model.encoder, checkpoint, allowed_missing_prefixes=(), ignore_prefixes=DECODER_PREFIXES)
 
+def encoder_shape(model: SiamMAE) -> tuple[int, int, int, int]:
+    """(patch, width, depth, heads) of the encoder: the key of TIMM_VITS."""
+    enc = model.encoder
+    return enc.patch_size, enc.embed_dim, len(enc.blocks), enc.num_heads
+
+
+def timm_arch(model: SiamMAE) -> str | None:
+    """The name of timm's ViT with the encoder's shape (None when timm has none, e.g. siammae_tiny's 4 blocks)."""
+    enc = model.encoder
+    if enc.in_chans != 3 or enc.blocks[0].mlp.fc1.out_features != 4 * enc.embed_dim:
+        return None
+    return TIMM_VITS.get(encoder_shape(model))
 
 
 def encoder_to_timm(model: SiamMAE, num_classes: int = 1000) -> VisionTransformer:
