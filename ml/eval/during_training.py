@@ -36,17 +36,23 @@ BENCHMARK = "davis"
 
 
 def read_evals(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of an evals.csv (epoch as int, scores and seconds as float), [] when there is none."""
+    """The rows of an evals.csv in file order (epoch an int, scores and seconds floats), [] when there is none;
+    a line cut short by a crash is skipped (that evaluation is done again when due). ValueError for a file
+    without the columns."""
     path = Path(path)
     if not path.is_file():
         return []
+    reader = csv.DictReader(io.StringIO(path.read_text()))
+    missing = [c for c in EVALS_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {', '.join(missing)} (expected {','.join(EVALS_COLUMNS)})")
     rows = []
-    for row in csv.DictReader(io.StringIO(path.read_text())):
+    for row in reader:
         try:
-            rows.append({**row, "epoch": int(row["epoch"]),
+            rows.append({"epoch": int(row["epoch"]), "benchmark": row["benchmark"], "protocol": row["protocol"],
                          **{k: float(row[k]) for k in EVALS_COLUMNS[3:]}})
-        except (KeyError, TypeError, ValueError):
-            continue  # a line cut short by a crash: that evaluation is done again when due
+        except (TypeError, ValueError):
+            continue
     return rows
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import re
@@ -25,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from mae.pretrained import CheckpointError
+from ml.eval.during_training import read_evals
 from ml.eval.protocols import get_protocol
 from ml.files import atomic_file, unwritable_reason
 from ml.model import SIAMMAE_PRESETS
 from ml.training.checkpoint import checkpoints_in, read_checkpoint_meta
-from ml.training.run import EVALS_COLUMNS, Run
+from ml.training.run import Run
 
 # each benchmark's numbers: (column of the report, key in the evaluation's global results)
 SCORES = {"davis": (("davis_J&F", "J&F-Mean"), ("davis_J", "J-Mean"), ("davis_F", "F-Mean")),
@@ -93,21 +93,11 @@ def _has_results(run: Run) -> bool:
 
 # ---------------------------------------------------------------- reading
 def read_evals_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of an evals.csv (epoch an int, scores fractions or None), in file order; cut-short lines skipped."""
-    text = Path(path).read_text()
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in EVALS_COLUMNS[:4] if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ReportError(f"{path} lacks the column(s) {', '.join(missing)} (expected {','.join(EVALS_COLUMNS)})")
-    rows = []
-    for row in reader:
-        try:
-            values = {k: float(row[k]) if row.get(k) not in (None, "") else None for k in EVALS_COLUMNS[3:]}
-            rows.append({"epoch": int(row["epoch"]), "benchmark": row["benchmark"], "protocol": row["protocol"],
-                         **values})
-        except (TypeError, ValueError):
-            continue  # a line cut short by a crash
-    return rows
+    """The rows of a run's evals.csv (`ml.eval.during_training.read_evals`), a bad header as a ReportError."""
+    try:
+        return read_evals(path)
+    except ValueError as err:
+        raise ReportError(str(err)) from None
 
 
 def read_record(folder: Path) -> dict[str, Any]:
