@@ -217,9 +217,10 @@ def storage_limit(rows: list[dict]) -> str:
     if base is None:
         return "**Limit**: bytes: JPEG frames take several times the originals' bytes."
     others = [r for r in kinetics_like if r["setting"] not in ("original files", DEFAULT_SETTING)]
-    limit = (f"bytes, not speed: the default takes {base['bytes vs original']:.1f}x the originals' bytes on "
-             f"{base['set']}, " + ", ".join(f"{r['setting']} {r['bytes'] / base['bytes']:.0%} of that "
-                                              f"({round(r['psnr_db'] - base['psnr_db'], 1) + 0.0:+.1f} dB PSNR)" for r in others))
+    limit = (f"bytes, not speed: on {base['set']} the default takes {base['bytes vs original']:.1f}x the originals' "
+             "bytes; against it " + "; ".join(f"{r['setting']} takes {r['bytes'] / base['bytes']:.0%} "
+                                              f"({round(r['psnr_db'] - base['psnr_db'], 1) + 0.0:+.1f} dB PSNR)"
+                                              for r in others))
     if any(r["fps"] for r in others):
         limit += ("; frames kept at 15 fps are the same JPEGs, half as many: gaps of 2-24 kept frames, the paper's "
                   "4-48 at 30 fps in time, in steps of 2")
