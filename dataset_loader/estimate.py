@@ -60,6 +60,8 @@ def storage_estimate(seconds: dict[Path, float], measured: dict[Path, int], sett
 
 def format_estimate(estimate: dict) -> str:
     """One line: estimated N GB for M videos (X hours of video) at <settings>, and what it rests on."""
+    if not estimate["videos"]:
+        return "no videos to prepare here: nothing to estimate"
     if estimate["bytes"] is None:
         return (f"no estimate: none of the sampled videos could be prepared and timed; "
                 f"{estimate['videos']:,} videos ({estimate['seconds'] / 3600:,.2f} hours of video)")

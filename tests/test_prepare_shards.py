@@ -94,6 +94,7 @@ def test_an_interrupted_shard_resumes_and_leaves_other_shards_alone(src, tmp_pat
 
 def test_the_merge_refuses_missing_unfinished_or_changed_shards(src, tmp_path, capsys):
     dst = tmp_path / "dst"
+    assert main(["--merge", str(dst)]) == 1  # no shard at all
     prepare(src, dst, workers=1, progress=False, shard=(1, 3))
     prepare(src, dst, workers=1, progress=False, shard=(3, 3))
     assert main(["--merge", str(dst)]) == 1
@@ -110,7 +111,8 @@ def test_the_merge_refuses_missing_unfinished_or_changed_shards(src, tmp_path, c
     # another N in the same DST: refused before any work
     assert main([str(src), str(dst), "--shard", "1/2", "--no-progress"]) == 1
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 4 and all(e.startswith("python -m dataset_loader.prepare: error: ") for e in errors)
+    assert len(errors) == 5 and all(e.startswith("python -m dataset_loader.prepare: error: ") for e in errors)
+    assert "no shard manifests" in errors.pop(0)
     assert "shard(s) 2 of 3 missing" in errors[0] and "shard 2/3 is not finished (1 of" in errors[1]
     assert "missing or changed" in errors[2] and "shard 2/3" in errors[2]
     assert "already holds shards of 3" in errors[3] and not (dst / MANIFEST_DIR / "shard-1-of-2.json").exists()
@@ -136,6 +138,7 @@ def test_the_estimate_alone_writes_nothing_and_reads_the_settings(src, tmp_path,
     assert every["seconds"] == pytest.approx(sum(20 + 3 * i for i in range(8)) / 30)
     assert 0.4 < half["bytes"] / every["bytes"] < 0.6 and "about 15 fps" in format_estimate(half)
     assert estimate_storage(src, shard=(2, 2), workers=1)["videos"] == 3
+    assert format_estimate(estimate_storage(src, shard=(2, 8), workers=1)).startswith("no videos to prepare")
     assert not list(tmp_path.iterdir())
 
 
