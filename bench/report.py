@@ -12,14 +12,16 @@ from pathlib import Path
 from bench import BENCHMARKS_MD, read_section_payload, relative
 from bench.bench_data import format_formats, format_profile
 from bench.bench_data import format_table as format_data_table
+from bench.bench_storage import format_storage
 from bench.bench_train import format_table as format_train_table
 from bench.cost import COST_PRESET, cost_inputs, estimate_cost, format_cost
-from bench.summary import baseline_pairs, cost_limit, data_limit, propagation_limit, train_limit
+from bench.summary import baseline_pairs, cost_limit, data_limit, propagation_limit, storage_limit, train_limit
 from ml.files import atomic_file
 
 TITLES = {
     "summary": "Ratios against the targets",
     "data": "1. Data loading: pairs per second per worker",
+    "storage": "Storage settings of prepared data",
     "train": "2. Training step: pairs per second, FLOPs, utilisation",
     "propagation": "3. Label propagation at DAVIS resolution",
     "cost": "4. Cost of the paper's recipes, on paper",
@@ -51,6 +53,15 @@ R = repeated sampling (pairs per decoded video). See `bench/bench_data.py`.
 
 <!-- bench:data:start -->
 <!-- bench:data:end -->
+
+### Storage settings of prepared data
+
+What `python -m dataset_loader.prepare`'s options that cut storage (`--quality`, `--fps`, `--short-side`) cost
+in fidelity and give in bytes and speed, on the same videos; and what full Kinetics-400 would take in each
+setting, extrapolated from the bytes per video-second. See `bench/bench_storage.py`.
+
+<!-- bench:storage:start -->
+<!-- bench:storage:end -->
 
 ## 2. Training step: pairs per second, FLOPs, utilisation
 
@@ -154,6 +165,20 @@ def render_data(results: list[dict]) -> str:
     return text + "\n\n" + data_limit(results)
 
 
+def render_storage(results: list[dict]) -> str:
+    return (format_storage(results) + "\n\nkB per video-second: the prepared files' bytes over the videos' duration "
+            "(from their headers), what `prepare`'s estimate multiplies by a tree's duration. PSNR: first, middle and "
+            "last kept frame of each video against the source's frame at the same time resized to the copy's size, "
+            "so JPEG's loss only (224 px also loses detail that is not counted). Pairs/s: `KineticsFramePairs` on the "
+            "copy, R=2, 224 px crops, 8-bit, one core, the rows taking turns item by item; speed vs original is the "
+            "median of within-run ratios to the original files. Kinetics-400 train: kB per video-second x ~240k "
+            "clips x 10 s (667 hours), an extrapolation; the sample holds 10-30 fps clips, the generated key1s clips "
+            "are 30 fps like most of Kinetics. `--fps 15` keeps every frame of a clip at 22 fps or less (the whole "
+            "step nearest its rate / 15 is 1), hence its smaller saving on the sample, whose clips run at 10-30 fps."
+            "\n\n"
+            + storage_limit(results))
+
+
 def render_train(results: list[dict]) -> str:
     lines = [format_train_table(results), ""]
     devices = sorted({(r["device"], r["precision"]) for r in results})
@@ -254,7 +279,8 @@ def render_cost(cost: dict, meta: dict, output: Path) -> str:
     return "\n".join(lines) + "\n\n" + format_cost(cost) + "\n\n" + cost_limit(cost)
 
 
-RENDERERS = {"data": render_data, "train": render_train, "propagation": render_propagation}
+RENDERERS = {"data": render_data, "storage": render_storage, "train": render_train,
+             "propagation": render_propagation}
 
 
 def section_body(name: str, payload: dict) -> str:

@@ -1,6 +1,6 @@
 """Runs every benchmark and rewrites the tables of BENCHMARKS.md (what `make bench` runs).
 
-    python -m bench.run_all                          # data, train, propagation, cost: about 15 min on 2 cores
+    python -m bench.run_all                          # data, storage, train, propagation, cost: about 17 min on 2 cores
     python -m bench.run_all --only train             # one section (cost and the summary follow it)
     python -m bench.run_all --quick --output /tmp/B.md   # tiny sizes, seconds: a smoke run, never the committed file
     python -m bench.run_all --from-figures           # no run: every section's text again from the recorded figures
@@ -27,15 +27,25 @@ from pathlib import Path
 
 import torch
 
-from bench import BENCHMARKS_MD, REPO, bench_data, bench_propagation, bench_train, read_section_payload, relative
+from bench import (
+    BENCHMARKS_MD,
+    REPO,
+    bench_data,
+    bench_propagation,
+    bench_storage,
+    bench_train,
+    read_section_payload,
+    relative,
+)
 from bench.machine import KeepAffinityAndThreads, LoadMonitor, git_commit, machine_info, versions
 from bench.pytorchvideo_baseline import PYTORCHVIDEO_DIR, install_pytorchvideo
 from bench.report import TEMPLATE, cost_body, cost_from_text, replace_section, section_body, write_text_atomic
 from bench.summary import render_summary
 
 RESULTS_DIR = REPO / "bench" / "results"
-SECTIONS = ("data", "train", "propagation", "cost")
-RUN_ORDER = ("propagation", "data", "train")
+SECTIONS = ("data", "storage", "train", "propagation", "cost")
+RUN_ORDER = ("propagation", "data", "storage", "train")
+MEASURED = ("data", "storage", "train", "propagation")  # the sections with a run of their own (cost is derived)
 
 
 def _command(module: str, argv: list[str]) -> str:
@@ -60,6 +70,18 @@ def run_data(quick: bool, results_dir: Path) -> tuple[list[dict], str]:
         install_pytorchvideo(PYTORCHVIDEO_DIR)
     argv = ["--items", "40", "--runs", "5", "--warmup", "1", "--json", str(json_path.resolve())]
     return bench_data.main(argv), _command("bench.bench_data", argv)
+
+
+def run_storage(quick: bool, results_dir: Path) -> tuple[list[dict], str]:
+    json_path = results_dir / "storage.json"
+    if quick:
+        two = dict(list(bench_storage.SETTINGS.items())[::2][:2])  # the default and one at 15 fps
+        results = bench_storage.run_benchmark(items=2, runs=1, warmup=0, clip_dir=results_dir / "clips", img_size=32,
+                                              sets=("key1s",), clip_seconds=0.5, clip_size=(64, 48), settings=two)
+        write_text_atomic(json_path, json.dumps(results, indent=2))
+        return results, "(quick: bench_storage.run_benchmark at a tiny size, two settings)"
+    argv = ["--items", "40", "--runs", "5", "--warmup", "1", "--json", str(json_path.resolve())]
+    return bench_storage.main(argv), _command("bench.bench_storage", argv)
 
 
 def run_train(quick: bool, results_dir: Path) -> tuple[list[dict], str]:
@@ -107,7 +129,7 @@ def run_sections(sections: list[str], quick: bool, output: Path, results_dir: Pa
     text = output.read_text() if output.is_file() else TEMPLATE
     for name in [*sections, "cost", "summary"]:  # fail before any benchmark runs if a marker is broken
         replace_section(text, name, "")
-    runners = {"data": run_data, "train": run_train, "propagation": run_propagation}
+    runners = {"data": run_data, "storage": run_storage, "train": run_train, "propagation": run_propagation}
     machine, vers, commit = machine_info(), versions(), git_commit()
     all_results = {}
     for name in sorted((s for s in sections if s != "cost"), key=RUN_ORDER.index):
@@ -141,7 +163,7 @@ def rewrite_from_figures(output: Path) -> str:
     """Every section of `output` rewritten from the raw results embedded in it, cost and summary recomputed; runs
     no benchmark (the sections keep the run, machine and load they record). Returns the new text."""
     text = output.read_text()
-    for name in ("data", "train", "propagation"):
+    for name in MEASURED:
         payload = read_section_payload(text, name)
         if payload is not None:
             text = replace_section(text, name, section_body(name, payload))

@@ -136,7 +136,7 @@ def test_run_all_rewrites_only_its_sections(tmp_path):
     first = run_all.main(["--quick", "--output", str(out), "--results-dir", str(results_dir)])
     text = out.read_text()
     assert user_text in text and "stale" not in text
-    for name in ("data", "train", "propagation"):
+    for name in ("data", "storage", "train", "propagation"):
         block = _block(text, name)
         assert "- Machine: " in block and "- Versions: python " in block and "torch " in block and "av " in block
         assert "| siammae_tiny |" in block or name != "train"
@@ -146,7 +146,7 @@ def test_run_all_rewrites_only_its_sections(tmp_path):
     assert "not measured" in _block(text, "train")  # no GPU rows on a CPU machine
     assert "Computed from `siammae_tiny`, not ViT-S/16" in _block(text, "cost")
     table = _summary_table(text)  # one table, a row for each section's figures, each linked to its heading
-    for name in ("data", "train", "propagation", "cost"):
+    for name in ("data", "storage", "train", "propagation", "cost"):
         anchor = summary.section_anchor(text, name)
         assert any(row["figure"].endswith(f"](#{anchor})") for row in table)
         assert "**Limit**: " in _block(text, name).split("<!-- bench:")[-2]  # the section's last line
@@ -154,7 +154,7 @@ def test_run_all_rewrites_only_its_sections(tmp_path):
 
     second = run_all.main(["--quick", "--only", "train", "--output", str(out), "--results-dir", str(results_dir)])
     again = out.read_text()
-    for name in ("data", "propagation"):
+    for name in ("data", "storage", "propagation"):
         assert _block(again, name) == _block(text, name)  # not re-run: kept as it was
     assert user_text in again
     new_row = second["train"]["results"][0]

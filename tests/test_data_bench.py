@@ -9,6 +9,8 @@ from bench.bench_data import (
     format_table,
     run_benchmark,
 )
+from bench.bench_storage import DEFAULT_SETTING, format_storage
+from bench.bench_storage import run_benchmark as run_storage
 from bench.clips import make_bench_clips
 from dataset_loader import VideoReader
 
@@ -45,3 +47,15 @@ def test_format_comparison_runs_at_a_tiny_size(tmp_path):
     assert comparison["original files"]["vs original"] == 1.0
     assert all(r["psnr_db"] > 30 for r in comparison.values())  # each copy holds the source's frames
     assert format_formats([{"set": "x", "formats": comparison}]).count("\n") == 6
+
+
+def test_storage_settings_run_at_a_tiny_size(tmp_path):
+    rows = run_storage(items=2, runs=1, warmup=0, clip_dir=tmp_path, sets=("key1s",), clip_seconds=1,
+                       clip_size=(64, 48), img_size=32)
+    by_setting = {r["setting"]: r for r in rows}
+    assert len(rows) == 6 and by_setting["original files"]["vs original"] == 1.0
+    default, half = by_setting[DEFAULT_SETTING], by_setting["256 px, q90, 15 fps"]
+    assert (default["frames"], half["frames"]) == (4 * 30, 4 * 15)  # 30 fps clips: every other frame kept
+    assert 0.4 < half["bytes"] / default["bytes"] < 0.6 and abs(half["psnr_db"] - default["psnr_db"]) < 1
+    assert all(r["psnr_db"] > 30 and r["pairs_per_s"] > 0 and r["kinetics400_train_gb"] > 0 for r in rows)
+    assert format_storage(rows).count("\n") == 7

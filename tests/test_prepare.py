@@ -34,6 +34,7 @@ def test_the_sample_prepared_reads_like_its_source(tmp_path, capsys):
     assert main([str(SAMPLE_DIR), str(dst), "--workers", "2", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "MB before" in printed and "MB after" in printed and "0 unreadable" in printed
+    assert printed.startswith("estimated ") and "for 11 videos" in printed  # said before the work
     for split in ("train", "val"):
         source = KineticsFramePairs(SAMPLE_DIR, split=split, img_size=64, augment=False, seed=3)
         copy = KineticsFramePairs(dst, split=split, img_size=64, augment=False, seed=3)
