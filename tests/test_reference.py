@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ml.eval import load_encoder, run_evaluation
-from ml.eval.data import write_textured_davis
+from ml.eval.synthetic import write_textured_davis
 from tests.conftest import REPO
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -35,7 +35,7 @@ def agreement(protocol: str, data: Path, sequence: str, reference: Path, out: Pa
 @pytest.mark.parametrize("protocol", ["dino", "crw"])
 def test_each_protocol_equals_its_reference_on_the_shipped_textured_sequence(tmp_path: Path, protocol: str) -> None:
     """Real texture from the shipped sample clips, two objects that move, grow and occlude, 8 frames at 854x480
-    (ml.eval.data.write_textured_davis)."""
+    (ml.eval.synthetic.write_textured_davis)."""
     shares = agreement(protocol, FIXTURES / "textured_davis", "textured", FIXTURES / protocol / "textured", tmp_path)
     assert shares == [1.0] * len(shares)
 
