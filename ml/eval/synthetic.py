@@ -1,9 +1,10 @@
-"""Generated evaluation data in the layout of DAVIS-2017, for tests and demos without the dataset.
+"""Generated evaluation data in the layouts of DAVIS-2017, JHMDB and VIP, for tests and demos without the datasets.
 
 - `write_synthetic_davis`: coloured discs on a grey background (fast, any size);
-- `write_textured_davis`: real texture cut from the shipped sample clips (`dataset/sample`) as ellipses that
-  move and grow over a panning scene, with exact masks. Deterministic: the same files on every machine with the
-  same decoders (the fixture in tests/fixtures is what it writes).
+- `write_textured_davis`, `write_textured_jhmdb`, `write_textured_vip`: real texture cut from the shipped
+  sample clips (`dataset/sample`) as ellipses that move and grow over a panning scene, with exact labels
+  (masks, joints, part classes), at each benchmark's real frame size. Deterministic: the same files on every
+  machine with the same decoders (the fixtures in tests/fixtures are what these write).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.io import savemat
 
 from dataset_loader.video import VideoReader
-from ml.eval.data import write_label_png
+from ml.eval.data import JHMDB_JOINTS, write_label_png
 
 
 def write_synthetic_davis(
@@ -123,3 +125,103 @@ def write_textured_davis(root: str | os.PathLike, num_frames: int = 8, size: tup
     (root / "ImageSets" / "2017" / "val.txt").write_text(name + "\n")
     return root
 
+
+# JHMDB: a figure of two textured ellipses (torso over legs) walking over a scene, 320x240 PNG frames
+JHMDB_ACTION = "walk"
+JHMDB_TEXTURES = (("train/walking/square_0.mp4", 50), ("train/street/bikes.mp4", 120),
+                  ("train/talking_on_phone/carphone.mp4", 10))  # the scene, the legs, the torso
+# the 15 joints in JHMDB's order, on the torso ("u") or legs ("l") ellipse, at (x, y) in semi-axes from its
+# centre; the wrists' x is multiplied by the video's reach (an arm held out)
+JHMDB_FIGURE = (("u", 0.0, -0.55), ("l", 0.0, -0.75), ("u", 0.0, -0.85),    # neck, belly, face
+                ("u", -0.55, -0.4), ("u", 0.55, -0.4), ("l", -0.4, -0.45),  # shoulders, right hip
+                ("l", 0.4, -0.45), ("u", -0.8, 0.1), ("u", 0.8, 0.1),      # left hip, elbows
+                ("l", -0.45, 0.15), ("l", 0.45, 0.15), ("u", -1.0, 0.45),   # knees, right wrist
+                ("u", 1.0, 0.45), ("l", -0.5, 0.8), ("l", 0.5, 0.8))        # left wrist, ankles
+# name, the figure's first centre x (fraction of the width), pixels per frame, frames, the wrists' reach: the second
+# video starts at the left edge with its right wrist out of the frame (its propagated map is empty: not scored)
+JHMDB_VIDEOS = (("textured_walk_0", 0.45, 8, 6, 1.3), ("textured_walk_1", 0.18, 10, 5, 1.6))
+JHMDB_COLOUR_BITS = 5  # the frames keep 32 levels a channel: PNG is lossless, and the fixtures stay small
+
+
+def write_textured_jhmdb(root: str | os.PathLike, size: tuple[int, int] = (240, 320), pan: int = 4) -> Path:
+    """A JHMDB-layout folder (Rename_Images/<action>/<video>/00001.png..., joint_positions/.../joint_positions.mat
+    with pos_img (2, 15, T) in 1-based pixels, splits/<action>_test_split1.txt marking the videos as test) of
+    the videos of JHMDB_VIDEOS: real texture, joints that move with it (the wrists held out beyond the torso,
+    the ankles near the bottom edge, where the CRW code's joint stamp is cut)."""
+    root = Path(root)
+    H, W = size
+    parts = [_texture(*JHMDB_TEXTURES[k], (H // 2, H // 2)) for k in (1, 2)]
+    for name, start, step, num_frames, reach in JHMDB_VIDEOS:
+        background = _texture(*JHMDB_TEXTURES[0], (H, W + pan * num_frames))
+        folder = root / "Rename_Images" / JHMDB_ACTION / name
+        folder.mkdir(parents=True, exist_ok=True)
+        joints = np.zeros((num_frames, JHMDB_JOINTS, 2))
+        for t in range(num_frames):
+            image = background[:, pan * t:pan * t + W].copy()
+            grow, cx = 1.0 + 0.03 * t, start * W + step * t
+            ellipses = {"l": (cx, 0.72 * H, 0.12 * W * grow, 0.26 * H * grow),
+                        "u": (cx, 0.38 * H, 0.17 * W * grow, 0.22 * H * grow)}
+            for k, part in enumerate("lu"):  # the torso over the legs
+                _paste_ellipse(image, np.zeros((H, W), np.uint8), parts[k], ellipses[part], k + 1)
+            for j, (part, x, y) in enumerate(JHMDB_FIGURE):
+                ex, ey, a, b = ellipses[part]
+                joints[t, j] = ex + x * a * (reach if j in (11, 12) else 1.0), ey + y * b
+            image = image >> (8 - JHMDB_COLOUR_BITS) << (8 - JHMDB_COLOUR_BITS)
+            Image.fromarray(image).save(folder / f"{t + 1:05d}.png")
+        mat = root / "joint_positions" / JHMDB_ACTION / name / "joint_positions.mat"
+        mat.parent.mkdir(parents=True, exist_ok=True)
+        savemat(mat, {"pos_img": joints.transpose(2, 1, 0) + 1.0})  # JHMDB's pixels are 1-based
+    (root / "splits").mkdir(parents=True, exist_ok=True)
+    (root / "splits" / f"{JHMDB_ACTION}_test_split1.txt").write_text(
+        "".join(f"{name}.avi 2\n" for name, *_ in JHMDB_VIDEOS))
+    return root
+
+
+# VIP: a figure of textured parts (VIP's class ids) over a panning street, 1280x720 JPEG frames
+VIP_BACKGROUND = ("train/street/bikes.mp4", 40)
+# class id, texture (clip, frame), centre and semi-axes (x, y) in figure heights from the figure's centre, and
+# when the part shows ("all", "start": the first two frames, "later": from the third on); drawn in this order
+VIP_PARTS = (
+    (8, ("train/moving_object/box.mp4", 200), (0.0, 0.18), (0.09, 0.2), "all"),               # pants
+    (18, ("train/street/bikes.mp4", 200), (-0.05, 0.39), (0.045, 0.025), "all"),              # right-shoe
+    (19, ("train/street/bikes.mp4", 160), (0.05, 0.39), (0.045, 0.025), "all"),               # left-shoe
+    (4, ("train/bird/cockatoo.mp4", 200), (0.0, -0.08), (0.12, 0.13), "all"),                 # upper-clothes
+    (14, ("train/moving_object/cup.mp4", 120), (-0.15, -0.05), (0.035, 0.12), "all"),         # right-arm
+    (15, ("train/moving_object/cup.mp4", 200), (0.15, -0.05), (0.035, 0.12), "all"),          # left-arm
+    (2, ("val/office/office.mp4", 10), (0.0, -0.3), (0.07, 0.06), "all"),                     # hair
+    (13, ("train/talking_on_phone/carphone.mp4", 10), (0.0, -0.265), (0.055, 0.065), "all"),  # face
+    (3, ("train/walking/square_1.mp4", 10), (0.0, -0.28), (0.04, 0.012), "start"),            # sun-glasses
+    (1, ("train/walking/square_2.mp4", 10), (0.0, -0.345), (0.07, 0.03), "later"),            # hat
+)
+# name, the figure's first centre x (fraction of the width), pixels per frame, height (fraction of the frame's),
+# frames; frames are named as VIP's (12 digits, every 25th frame of the video)
+VIP_VIDEOS = (("videos1", 0.4, 14, 0.9, 4), ("videos2", 0.7, -16, 0.7, 3))
+
+
+def write_textured_vip(root: str | os.PathLike, size: tuple[int, int] = (720, 1280), pan: int = 10,
+                       quality: int = 75) -> Path:
+    """A VIP-layout folder (Images/<video>/<frame>.jpg, Annotations/Category_ids/<video>/<frame>.png as 8-bit
+    grayscale class ids, lists/val_videos.txt) of the videos of VIP_VIDEOS: real texture, every frame annotated,
+    the parts of VIP_PARTS (ids not consecutive; a hat absent from the first frame, sun-glasses taken off)."""
+    root = Path(root)
+    H, W = size
+    textures = [_texture(*clip, (H // 2, H // 2)) for _, clip, *_ in VIP_PARTS]
+    for name, start, step, height, num_frames in VIP_VIDEOS:
+        background = _texture(*VIP_BACKGROUND, (H, W + pan * num_frames))
+        folders = (root / "Images" / name, root / "Annotations" / "Category_ids" / name)
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        for t in range(num_frames):
+            image = background[:, pan * t:pan * t + W].copy()
+            ids = np.zeros((H, W), np.uint8)
+            unit, cx = height * H * (1.0 + 0.02 * t), start * W + step * t
+            for (label, _, (x, y), (a, b), when), texture in zip(VIP_PARTS, textures):
+                if when == "all" or (when == "start") == (t < 2):
+                    _paste_ellipse(image, ids, texture, (cx + x * unit, 0.5 * H + y * unit, a * unit, b * unit),
+                                   label)
+            stem = f"{1 + 25 * t:012d}"
+            Image.fromarray(image).save(folders[0] / f"{stem}.jpg", quality=quality)
+            Image.fromarray(ids, mode="L").save(folders[1] / f"{stem}.png")
+    (root / "lists").mkdir(parents=True, exist_ok=True)
+    (root / "lists" / "val_videos.txt").write_text("".join(f"{name}\n" for name, *_ in VIP_VIDEOS))
+    return root
