@@ -1,10 +1,12 @@
 """Each protocol writes exactly the masks of its reference code: `dino` those of DINO's eval_video_segmentation.py,
 `crw` those of CropMAE's copy of the CRW propagation code. The fixtures were written by tests/reference/run_dino.py
 and run_cropmae.py: the reference at a pinned commit, in a venv of its own, on the CPU, with the same seeded
-ViT-S/16 in the official MAE key layout."""
+ViT-S/16 in the official MAE key layout (JHMDB and VIP: tests/test_reference_jhmdb_vip.py). The shipped textured
+folders are checked against their generators here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +72,8 @@ def assert_same_files(shipped: Path, made: Path) -> None:
 @pytest.mark.parametrize("folder, write", [("textured_davis", write_textured_davis),
                                            ("textured_jhmdb", write_textured_jhmdb),
                                            ("textured_vip", write_textured_vip)])
-def test_the_shipped_textured_folders_are_what_the_generators_write(tmp_path: Path, folder: str, write) -> None:
+def test_the_shipped_textured_folders_are_what_the_generators_write(tmp_path: Path, folder: str,
+                                                                   write: Callable[[Path], Path]) -> None:
     write(tmp_path)
     assert_same_files(FIXTURES / folder, tmp_path)
 

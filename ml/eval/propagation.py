@@ -13,8 +13,10 @@ of the distinct cells (each value taken as many times as its frame is in the que
 frames cost what later ones do instead of `queue_length` times more.
 
 Affinities are computed for chunks of target cells so that at most `max_affinity_elements` floats
-exist at once, whatever the frame size; the neighbourhood is computed per chunk from cell
-coordinates (no cells x cells matrix). Memory does not grow with the length of the video.
+exist at once, whatever the frame size (whole blocks of 100 cells); the neighbourhood is computed per
+chunk from cell coordinates (no cells x cells matrix). Memory does not grow with the length of the video.
+The softmax and the weighted sum follow the CRW code's operations, so that they give its bits (equal
+values decide JHMDB's joints; dataset/EVALUATION.md).
 """
 
 from __future__ import annotations
