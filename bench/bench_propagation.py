@@ -34,10 +34,11 @@ from PIL import Image
 
 import mae  # noqa: F401  (first: makes torchvision importable for timm on a CPU-only torch)
 from bench import REPO, sync_device
-from ml.eval.data import read_label_png, write_synthetic_davis
+from ml.eval.data import read_label_png
 from ml.eval.features import FeatureExtractor, labels_from_grid, labels_to_grid, load_frame
 from ml.eval.propagation import DEFAULT_MAX_AFFINITY_ELEMENTS, LabelPropagator
 from ml.eval.protocols import PROTOCOLS, Protocol, get_protocol
+from ml.eval.synthetic import write_synthetic_davis
 from ml.model import create_model
 from ml.training.config import TrainConfig
 

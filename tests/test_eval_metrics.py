@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
+from ml.eval.keypoints import heatmap_keypoints
 from ml.eval.metrics import (
     boundary_f_measure,
     boundary_map,
@@ -181,6 +183,27 @@ def test_pck_with_and_without_the_joints_left_out() -> None:
     d = pck_distances(pred, gt, visible)
     assert d[0, :2].tolist() == pytest.approx([0.1, 0.3]) and np.isnan(d[0, 2])
     assert pck(d, 0.1) == 0.5 and pck(d, 0.3) == 1.0  # the joint with no entry is not averaged in
+    # eval_pck.py's box starts with max -1: joints all left of pixel -1 get a box from their min x to x = -1
+    left = np.array([[[-50.0, 0.0], [-20.0, 40.0], [5.0, 5.0]]])
+    d = pck_distances(left + [3.0, 0.0], left, visible)
+    assert d[0, 0] == pytest.approx(3 / (0.6 * np.hypot(49, 40)))  # -1 - (-50), not -20 - (-50)
+    assert pck_distances(left + [3.0, 0.0], left)[0, 0] == pytest.approx(3 / (0.6 * np.hypot(55, 40)))
+
+
+def test_cell_corner_joints_are_scaled_as_eval_pck_scales_them() -> None:
+    """eval_pck.py turns a joint at cell u into pixels as float32 u / cells * width (in that order); u * width /
+    cells rounds differently in the last bit for some u."""
+    g = torch.Generator().manual_seed(0)
+    heat = torch.zeros(200, 20, 20)
+    cells = torch.randint(0, 400, (200, 2), generator=g)
+    heat.view(200, -1).scatter_(1, cells, torch.rand(200, 2, generator=g) + 0.1)  # two cells a joint
+    keypoints, _ = heatmap_keypoints(heat, (240, 320), topk=2, coords="cell_corner")
+    vals, idx = heat.view(200, -1).topk(2, dim=1)
+    w = (vals / vals.sum(1, keepdim=True)).numpy()
+    u = ((idx % 20).float().numpy() * w).sum(1, dtype=np.float32)
+    v = ((idx // 20).float().numpy() * w).sum(1, dtype=np.float32)
+    assert np.array_equal(keypoints[:, 0], u / np.float32(20.0) * np.float32(320))
+    assert np.array_equal(keypoints[:, 1], v / np.float32(20.0) * np.float32(240))
 
 
 def test_confusion_and_iou_by_hand() -> None:

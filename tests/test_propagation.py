@@ -118,6 +118,9 @@ def test_dino_resizes_the_8_bit_frame_with_opencv(tmp_path: Path) -> None:
     assert torch.equal(dino, expected.float() / 255.0)
     crw = load_frame(tmp_path / "f.png", size, get_protocol("crw", "davis").resize)
     assert not torch.equal(crw, dino) and float((crw - dino).abs().max()) <= 1.0 / 255
+    # the CRW code's: OpenCV's INTER_LINEAR on the float frame, to the last bit
+    floats = cv2.resize(image.astype(np.float32) / 255.0, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    assert torch.equal(crw, torch.from_numpy(floats).permute(2, 0, 1))
 
 
 def brute_force_step(frames: list[tuple[torch.Tensor, torch.Tensor, bool]], query: torch.Tensor,
@@ -153,6 +156,53 @@ def test_copies_of_the_first_frame_count_as_many_times_as_they_are_in_the_queue(
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5, msg=f"step {step}")
         written = [written[0]] + written[2:] + [(target.reshape(-1, D), expected, True)]
     assert sum(f.count for f in prop.queue) == 5 and len(prop.queue) == 5  # the copies have all left
+
+
+def crw_code_step(keys: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, grid: tuple[int, int],
+                  protocol: Protocol) -> torch.Tensor:
+    """One target frame as the CRW code computes it (CropMAE's src/test.py and mem_efficient_batched_affinity),
+    in its shapes: keys (F, hw, D) of the context frames (the first unrestricted), labels (F, hw, C), query
+    (hw, D) -> (C, hw)."""
+    F_, hw, _ = keys.shape
+    yy, xx = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    yx = torch.stack([yy.flatten(), xx.flatten()], 1).float()
+    mask = torch.where(torch.cdist(yx, yx) < protocol.radius, 0.0, -1e10)[None]  # (1, key cells, query cells)
+    k, q = keys.permute(2, 0, 1)[None, :, None], query.T[None, :, None]  # (1, D, 1, F, hw), (1, D, 1, hw)
+    Ws, Is = [], []
+    for pb in range(0, hw, 100):
+        A = torch.einsum("ijklm,ijkn->iklmn", k, q[..., pb:pb + 100])
+        A[0, :, 1:] += mask[..., pb:pb + 100]
+        A = A.view(1, F_ * hw, -1)
+        A /= protocol.temperature
+        w, i = torch.topk(A, protocol.topk, dim=-2)
+        Ws.append(F.softmax(w, dim=-2))
+        Is.append(i)
+    W, Ind = torch.cat(Ws, -1)[0], torch.cat(Is, -1)[0]  # (k, hw)
+    ctx = labels.flatten(0, 1).transpose(0, 1)  # (C, F*hw)
+    return (ctx[:, Ind] * W[None]).sum(1)
+
+
+def test_crw_weights_and_sums_are_the_crw_codes_to_the_bit() -> None:
+    """Equal propagated values decide which cells make a JHMDB joint's top-5, so the crw protocol computes the
+    softmax and the weighted sum as the CRW code does (its blocks of 100 query cells, its layout) and gets its
+    bits: 250 cells (two blocks and a tail), a queue of copies, three steps."""
+    g = torch.Generator().manual_seed(3)
+    grid, D, C = (10, 25), 16, 5
+    protocol = get_protocol("crw", "jhmdb", radius=4.0)
+    unit = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
+    first, first_labels = unit(*grid, D), torch.rand(C, *grid, generator=g)
+    prop = LabelPropagator(first, first_labels, protocol)
+    keys, labels = [first.reshape(-1, D)], [first_labels.flatten(1).T]
+    for step in range(1, 4):
+        target = unit(*grid, D)
+        # the CRW code's context of frame `step`: the first frame, then 20 frames of its padded video
+        context = [0] + [0] * (20 - step) + list(range(step))
+        expected = crw_code_step(torch.stack([keys[i] for i in context]), torch.stack([labels[i] for i in context]),
+                                 target.reshape(-1, D), grid, protocol)
+        ours = prop.step(target).flatten(1)
+        assert torch.equal(ours, expected), f"step {step}: {int((ours != expected).sum())} values differ"
+        keys.append(target.reshape(-1, D))
+        labels.append(expected.T.contiguous())
 
 
 def test_chunked_affinity_gives_the_same_labels() -> None:

@@ -60,8 +60,10 @@ def grid_size(input_hw: tuple[int, int], patch_size: int) -> tuple[int, int]:
 def load_frame(path: str | os.PathLike, size_hw: tuple[int, int], resize: str = "bilinear") -> torch.Tensor:
     """An RGB image file -> float (3, H, W) in [0, 1] at `size_hw`.
 
-    "bilinear": resized as float pixels without antialiasing (INTER_LINEAR's formula, what the CRW code does);
-    "opencv_uint8": OpenCV's own INTER_LINEAR on the 8-bit pixels (fixed-point, rounded to whole grey levels),
+    "bilinear": the float pixels (8-bit / 255) resized by OpenCV's INTER_LINEAR (no antialiasing), as the CRW
+    code's `cv2.resize` on the float frame: OpenCV itself, since another implementation of the same formula
+    rounds differently in the last bit, which changes which of two equal propagated values wins a top-k;
+    "opencv_uint8": OpenCV's INTER_LINEAR on the 8-bit pixels (fixed-point, rounded to whole grey levels),
     then converted to float, as DINO's eval_video_segmentation.py (read_frame: cv2.resize, then astype
     float32 / 255); "bilinear_antialias": PIL's antialiased bilinear on 8-bit pixels.
     """
@@ -70,12 +72,17 @@ def load_frame(path: str | os.PathLike, size_hw: tuple[int, int], resize: str = 
         if resize == "bilinear_antialias" and (img.height, img.width) != tuple(size_hw):
             img = img.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8).copy()
-    if resize == "opencv_uint8" and arr.shape[:2] != tuple(size_hw):
+    same = arr.shape[:2] == tuple(size_hw)
+    if resize == "opencv_uint8" and not same:
         arr = cv2.resize(arr, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_LINEAR)
-    frame = torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
-    if tuple(frame.shape[-2:]) != tuple(size_hw):
-        frame = F.interpolate(frame[None], size=size_hw, mode="bilinear", align_corners=False, antialias=False)[0]
-    return frame
+    if resize == "bilinear":
+        pixels = arr.astype(np.float32) / 255.0
+        if not same:
+            pixels = cv2.resize(pixels, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    if resize not in ("opencv_uint8", "bilinear_antialias"):
+        raise ValueError(f"unknown resize {resize!r}")
+    return torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
 
 
 def resize_ids(ids: np.ndarray | torch.Tensor, size_hw: tuple[int, int], nearest: str = "floor") -> torch.Tensor:

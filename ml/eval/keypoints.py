@@ -60,8 +60,8 @@ def heatmap_keypoints(heat: torch.Tensor, image_hw: tuple[int, int], topk: int =
     weights = vals / vals.sum(1, keepdim=True).clamp_min(1e-12)
     u = ((idx % w).float() * weights).sum(1)
     v = ((idx // w).float() * weights).sum(1)
-    if coords == "cell_corner":
-        x, y = u * W / w, v * H / h
+    if coords == "cell_corner":  # cell / cells x pixels, in float32 and in that order, as CRW's eval_pck.py
+        x, y = u / w * W, v / h * H
     else:
         x, y = (u + 0.5) * W / w - 0.5, (v + 0.5) * H / h - 0.5
     visible = (flat.sum(1) > 0).cpu().numpy()

@@ -23,6 +23,7 @@ from ml.eval.data import VOID_LABEL
 BOUNDARY_TOLERANCE = 0.008  # fraction of the image diagonal
 PCK_THRESHOLDS = (0.1, 0.2)
 PCK_BOX_SCALE = 0.6  # PCK distance unit: 0.6 x the diagonal of the tight box around the frame's true joints
+CRW_BOX_START = (1e6, -1.0)  # eval_pck.py's first min and max of the box's corners (minx = 1e6, maxx = -1)
 
 
 # ================================================================= DAVIS: J and F
@@ -199,14 +200,19 @@ def davis_summary(per_sequence: dict[str, tuple[np.ndarray, np.ndarray]]) -> tup
 def pck_distances(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
     """Normalised distances (T, J): |pred - gt| / (0.6 x diagonal of the tight box of the frame's true joints).
 
-    With `visible` (T, J) bool, the box spans the visible joints only and the others get nan (CRW's
-    evaluation: a joint whose propagated heatmap is empty is left out).
+    With `visible` (T, J) bool, CRW's eval_pck.py: the box spans the visible joints only, the others get nan (a
+    joint whose propagated heatmap is empty is left out), and the box's corners start where eval_pck.py starts
+    them (min at 1e6, max at -1: a frame whose visible joints all lie left of or above pixel -1 gets a box
+    reaching to -1; kept as the reference computes it, see dataset/EVALUATION.md).
     """
     pred, gt = np.asarray(pred, dtype=float), np.asarray(gt, dtype=float)
+    crw = visible is not None
     if visible is None:
         visible = np.ones(gt.shape[:2], dtype=bool)
     lo = np.where(visible[..., None], gt, np.inf).min(axis=1)  # (T, 2)
     hi = np.where(visible[..., None], gt, -np.inf).max(axis=1)
+    if crw:
+        lo, hi = np.minimum(lo, CRW_BOX_START[0]), np.maximum(hi, CRW_BOX_START[1])
     with np.errstate(invalid="ignore"):
         scale = PCK_BOX_SCALE * np.hypot(*(hi - lo).T)  # (T,)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -13,8 +13,10 @@ of the distinct cells (each value taken as many times as its frame is in the que
 frames cost what later ones do instead of `queue_length` times more.
 
 Affinities are computed for chunks of target cells so that at most `max_affinity_elements` floats
-exist at once, whatever the frame size; the neighbourhood is computed per chunk from cell
-coordinates (no cells x cells matrix). Memory does not grow with the length of the video.
+exist at once, whatever the frame size (whole blocks of 100 cells); the neighbourhood is computed per
+chunk from cell coordinates (no cells x cells matrix). Memory does not grow with the length of the video.
+The softmax and the weighted sum follow the CRW code's operations, so that they give its bits (equal
+values decide JHMDB's joints; dataset/EVALUATION.md).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from ml.eval.protocols import Protocol
 
 DEFAULT_MAX_AFFINITY_ELEMENTS = 1 << 25  # 128 MiB of float32 affinities at once
+CRW_QUERY_BLOCK = 100  # query cells per softmax block in the CRW code (mem_efficient_batched_affinity's pbsize)
 
 
 @dataclass
@@ -99,6 +102,8 @@ def propagate(query: torch.Tensor, context: list[_ContextFrame], cell_yx: torch.
     k = min(protocol.topk, total)
     Q, K = query.shape[0], keys.shape[0]
     chunk = max(1, max_affinity_elements // K)
+    if chunk > CRW_QUERY_BLOCK:  # whole blocks, so that each block's softmax is the CRW code's (see _crw_softmax)
+        chunk -= chunk % CRW_QUERY_BLOCK
     out = query.new_empty(Q, labels.shape[1])
     for start in range(0, Q, chunk):
         stop = min(Q, start + chunk)
@@ -120,9 +125,19 @@ def propagate(query: torch.Tensor, context: list[_ContextFrame], cell_yx: torch.
             slots = torch.arange(k, device=ends.device).expand(stop - start, k).contiguous()
             pick = torch.searchsorted(ends, slots, right=True)  # (q, k): which candidate fills each slot
             values, index = values.gather(1, pick), index.gather(1, pick)
-        weights = values.softmax(dim=1)
-        out[start:stop] = torch.einsum("qk,qkc->qc", weights, labels[index])
+        weights = _crw_softmax(values)
+        # the CRW code's weighted sum, in its layout: (C, k, q) products summed over k (in float32 the order of
+        # the additions shows in the last bit, and equal values decide the JHMDB joints' top-k)
+        out[start:stop] = (labels.T[:, index.T.contiguous()] * weights.T.contiguous()[None]).sum(1).T
     return out
+
+
+def _crw_softmax(values: torch.Tensor) -> torch.Tensor:
+    """Softmax of each row of (q, k) top-k affinities, as the CRW code computes it (`mem_efficient_batched_affinity`):
+    over the k dimension of a (k, 100) block of query cells (100 = its `pbsize`). torch's softmax over a dimension
+    that is not the last computes the exp of the vectorised lanes and of the block's tail with different code,
+    which differ in the last bit; the same blocks give the same bits."""
+    return torch.cat([block.T.contiguous().softmax(dim=0).T for block in values.split(CRW_QUERY_BLOCK)])
 
 
 def _kth_value_weights(aff: torch.Tensor, k: int) -> torch.Tensor:

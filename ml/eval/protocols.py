@@ -42,7 +42,7 @@ class Protocol:
     #                 floored to a multiple of 64; "short_side": short side = size, sides rounded to the patch;
     #                 "native": the frame's size rounded to the patch
     size: Any  # (H, W) for "fixed", an int for the side rules, None for "native"
-    resize: str  # "bilinear": float pixels, no antialiasing (INTER_LINEAR's formula, as the CRW code);
+    resize: str  # "bilinear": OpenCV's INTER_LINEAR on the float pixels, no antialiasing (the CRW code's);
     #              "opencv_uint8": OpenCV's INTER_LINEAR on the 8-bit image, fixed-point, whole grey levels
     #              (DINO's eval_video_segmentation.py, read_frame); "bilinear_antialias": PIL's
     pixel_std: tuple[float, float, float]  # the normalisation's standard deviation (mean: ImageNet's)

@@ -60,13 +60,14 @@ def write_weights(path: Path) -> None:
 
 def run_reference(description: str, name: str, url: str, commit: str, packages: list[str], runner: str,
                   arguments: Callable[[Path, Path, Path, Path, Path], list[str]], argv: list[str] | None = None,
-                  copy_data: bool = False) -> None:
-    """The command line of a reference run: --davis, --out, --<name> (a checkout), --work. Runs `runner` in the
-    reference's venv with the shim's path, then `arguments(checkout, weights, davis, masks, tmp)`, and copies the
-    masks it writes into --out. `copy_data`: give the code a copy of --davis (for code that writes beside it)."""
+                  copy_data: bool = False, data_help: str = "a DAVIS-layout folder (ImageSets/2017/val.txt)") -> None:
+    """The command line of a reference run: --data (--davis), --out, --<name> (a checkout), --work. Runs `runner`
+    in the reference's venv with the shim's path, then `arguments(checkout, weights, data, results, tmp)`, and
+    copies what it writes into `results` (masks, coordinates, scores) to --out. `copy_data`: give the code a copy
+    of --data (for code that writes beside it)."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--davis", required=True, type=Path, help="a DAVIS-layout folder (ImageSets/2017/val.txt)")
-    p.add_argument("--out", required=True, type=Path, help="where the reference's masks are copied")
+    p.add_argument("--data", "--davis", required=True, type=Path, dest="data", help=data_help)
+    p.add_argument("--out", required=True, type=Path, help="where the reference's outputs are copied")
     p.add_argument(f"--{name}", type=Path, dest="checkout", help=f"a checkout of {url} at {commit} (default: cloned)")
     p.add_argument("--work", type=Path, default=REPO / "outputs" / "reference", help="venv, checkout, weights")
     a = p.parse_args(argv)
@@ -78,13 +79,13 @@ def run_reference(description: str, name: str, url: str, commit: str, packages: 
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "runner.py"
         script.write_text(runner)
-        masks, davis = Path(tmp) / "masks", a.davis
+        results, data = Path(tmp) / "results", a.data
         if copy_data:
-            davis = Path(tmp) / "davis"
-            shutil.copytree(a.davis, davis)
+            data = Path(tmp) / "data"
+            shutil.copytree(a.data, data)
         subprocess.run([str(python), str(script), str(TORCHVISION_SHIM),
-                        *arguments(code, weights, davis, masks, Path(tmp))], check=True)
+                        *arguments(code, weights, data, results, Path(tmp))], check=True)
         if a.out.exists():
             shutil.rmtree(a.out)
-        shutil.copytree(masks, a.out)
-    print(f"{name}'s masks ({commit[:7]}) of {a.davis} -> {a.out}")
+        shutil.copytree(results, a.out)
+    print(f"{name}'s outputs ({commit[:7]}) of {a.data} -> {a.out}")
