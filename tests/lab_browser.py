@@ -158,6 +158,7 @@ return Array.from(document.querySelectorAll('NOTEBOOK .jp-Notebook .jp-Cell')).m
     images: outputs.flatMap(o => Array.from(o.querySelectorAll('img')))
                    .map(img => [img.naturalWidth, img.naturalHeight, img.getBoundingClientRect().width]),
     text: outputs.map(o => o.innerText).join('\\n'),
+    blank: outputs.filter(o => !o.innerText.trim() && !o.querySelector('img')).length,
   };
 });
 """

@@ -61,6 +61,7 @@ from ml.eval.metrics import (
 from ml.eval.propagation import DEFAULT_MAX_AFFINITY_ELEMENTS, propagate_sequence
 from ml.eval.protocols import Protocol
 from ml.eval.store import ResultStore, write_csv
+from ml.training.engine import progress_file
 
 DEFAULT_PROTOCOL = "crw"
 
@@ -126,8 +127,8 @@ class DavisBenchmark(Benchmark):
         return {"split": self.split, "resolution": self.resolution}
 
     def check(self, progress: bool = False) -> None:
-        self.checks = {v.name: check_davis_annotations(v)
-                       for v in tqdm(self.videos, desc="checking annotations", disable=not progress)}
+        self.checks = {v.name: check_davis_annotations(v) for v in
+                       tqdm(self.videos, desc="checking annotations", disable=not progress, file=progress_file())}
 
     def num_classes(self, video: Video) -> int:
         if video.name in self.checks:
@@ -267,7 +268,7 @@ class VipBenchmark(Benchmark):
         return {"split": self.split}
 
     def check(self, progress: bool = False) -> None:
-        for v in tqdm(self.videos, desc="checking annotations", disable=not progress):
+        for v in tqdm(self.videos, desc="checking annotations", disable=not progress, file=progress_file()):
             check_vip_annotations(v, len(VIP_CLASSES))
 
     def num_classes(self, video):
@@ -358,6 +359,7 @@ def run_benchmark(
     results: dict[str, dict] = {}
     computed = 0
     bar = tqdm(total=sum(len(benchmark.frames(v)) for v in videos), desc=benchmark.dataset.upper(), unit="frame",
+               file=progress_file(),
                disable=not progress)
     for video in videos:
         done = store.load(video.name)

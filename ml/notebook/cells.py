@@ -6,6 +6,8 @@ use; figures are returned (and written as PNGs by `save_figure`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import platform
 import time
 from importlib.metadata import version
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 
 import mae
 from dataset_loader.dataset import KineticsFramePairs
@@ -44,6 +47,7 @@ from ml.training.build import build_model, make_test_loader, make_train_loader
 from ml.training.checkpoint import read_checkpoint_meta
 from ml.training.config import TrainConfig
 from ml.training.distributed import resolve_device
+from ml.training.engine import progress_file
 from ml.training.presets import NOTEBOOK_SETTINGS, get_preset
 from ml.training.pretrain import train
 from ml.training.rng import seed_everything
@@ -281,17 +285,19 @@ def compare_on_davis(config: TrainConfig, model: torch.nn.Module, davis_root: Pa
     sequence = sorted(p.name for p in (davis_root / "JPEGImages" / "480p").iterdir() if p.is_dir())[0]
     encoders = {"trained": model.encoder, "random init": untrained_model(config).encoder,
                 "raw pixels": PixelEncoder(patch_size=model.patch_size)}
-    results = {}
-    for name, encoder in encoders.items():
+    results, lines = {}, []
+    for name, encoder in tqdm(encoders.items(), desc="label propagation", unit="encoder", file=progress_file()):
         tag = "pixels" if name == "raw pixels" else weights_fingerprint(encoder)[:10]
         out = Path(config.output_dir) / "eval" / f"davis-{tag}"  # one folder per weights
         start = time.perf_counter()
-        r = run_evaluation("davis", davis_root, out, encoder=encoder.to(device).eval(), arch=config.arch,
-                           device=device, sequences=[sequence], progress=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # the evaluation's own lines: the table below says it all
+            r = run_evaluation("davis", davis_root, out, encoder=encoder.to(device).eval(), arch=config.arch,
+                               device=device, sequences=[sequence], progress=False)
         results[name] = r
-        print(f"{name:12s} J&F {r['J&F-Mean']:.3f}  J {r['J-Mean']:.3f}  F {r['F-Mean']:.3f}  "
-              f"({r['frames']} frames of {davis_root.name}/{sequence}, protocol {r['protocol']}, "
-              f"{time.perf_counter() - start:.1f} s)")
+        lines.append(f"{name:12s} J&F {r['J&F-Mean']:.3f}  J {r['J-Mean']:.3f}  F {r['F-Mean']:.3f}  "
+                     f"({r['frames']} frames of {davis_root.name}/{sequence}, protocol {r['protocol']}, "
+                     f"{time.perf_counter() - start:.1f} s, masks in {out})")
+    print("\n".join(lines))
     return results, plot_propagation(davis_root, results["trained"]["output"], sequence)
 
 

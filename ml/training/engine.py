@@ -76,6 +76,12 @@ def show_progress(progress: bool | None) -> bool:
     return interactive and is_main_process()
 
 
+def progress_file() -> Any:
+    """Where progress bars draw: stdout in a notebook (a bar that clears itself leaves no empty red stderr box in
+    JupyterLab, which the browser test showed), stderr in a terminal (logs of stdout stay bar-free)."""
+    return sys.stdout if "ipykernel" in sys.modules else sys.stderr
+
+
 # ---------------------------------------------------------------- after an epoch
 @dataclass
 class EpochEnd:
@@ -205,6 +211,7 @@ class _EpochProgress:
 
     def __init__(self, total: int, epoch: int, progress: bool | None) -> None:
         self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}", disable=not show_progress(progress), leave=False,
+                        file=progress_file(),
                         dynamic_ncols=True)
         self.pairs, self.start = 0, time.perf_counter()
 
