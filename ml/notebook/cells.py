@@ -309,7 +309,7 @@ def resolve_notebook_device(config: TrainConfig) -> torch.device:
 # every k-th checkpoint, and whether davis_mini (or DAVIS) joins; the quick one costs about a second
 CURVE_SETTINGS: dict[str, tuple[int, int, tuple[int, int], list, int, bool]] = {
     "quick": (1, 3, (96, 176), [64], 1, False),
-    "demo": (3, 8, (480, 854), [112, (480, 880)], 2, True),
+    "demo": (2, 6, (480, 854), [112, (480, 880)], 2, True),
     "paper": (4, 10, (480, 854), [224, (480, 880)], 1, True),
 }
 
