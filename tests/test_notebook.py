@@ -20,7 +20,7 @@ from tests.conftest import REPO, SAMPLE_DIR
 
 NOTEBOOK = REPO / "SiamMAE.ipynb"
 FIGURES = ("pairs", "losses", "reconstructions", "reconstruction_untrained", "f1_ablation", "cross_attention",
-           "attention", "label_propagation")
+           "attention", "label_propagation", "correspondence_curve")
 
 
 # ---------------------------------------------------------------- the notebook

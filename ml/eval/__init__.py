@@ -3,6 +3,8 @@
 One job per module:
     data.py         dataset readers, label images
     synthetic.py    generated data in the three layouts (coloured discs; real texture from the sample clips)
+    correspondence.py  the generated correspondence benchmark (held-out texture, exact masks; `make-benchmark`)
+    curve.py        J&F of a run's checkpoints against steps beside random init and pixels (`curve`)
     protocols.py    the named protocols (crw, causal, dino): every choice that changes a number
     encoders.py     what can be evaluated (checkpoints, MAE files, random init, pixels), weight fingerprints
     features.py     input sizes, resizing, the encoder pass, labels to and from the feature grid, memory estimate

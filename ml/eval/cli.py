@@ -5,6 +5,8 @@
     python -m ml.evaluate vip --checkpoint mae_pretrain_vit_base.pth --arch siammae_vit_base_patch16 --data ...
     python -m ml.evaluate davis ... --protocol causal --topk 10        # another protocol, one choice changed
     python -m ml.evaluate score davis --data /data/DAVIS --results DIR  # score any folder of predicted masks
+    python -m ml.evaluate make-benchmark outputs/corr                 # the generated correspondence benchmark
+    python -m ml.evaluate curve --run outputs/demo/run --data outputs/corr --sizes 112 480x880 --output DIR
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch.nn as nn
 
 from mae.pretrained import CheckpointError
 from ml.eval.benchmarks import BENCHMARKS, DEFAULT_PROTOCOL, run_benchmark
+from ml.eval.correspondence import DIFFICULTIES, write_correspondence_benchmark
+from ml.eval.curve import learning_curve
 from ml.eval.encoders import DEFAULT_ARCH, load_encoder
 from ml.eval.features import FeatureExtractor
 from ml.eval.propagation import DEFAULT_MAX_AFFINITY_ELEMENTS
@@ -29,7 +33,7 @@ from ml.eval.score import score_davis, score_vip
 from ml.eval.store import StoreError, check_output_folder
 from ml.training.distributed import resolve_device
 
-USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, StoreError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CheckpointError, StoreError)
 PROTOCOL_OPTIONS = ("temperature", "topk", "queue_length", "radius", "heatmap_sigma")
 DATASET_OPTIONS = {"davis": ("split", "resolution", "sequences"), "jhmdb": ("split_file", "sequences"),
                    "vip": ("split", "list_file", "sequences")}
@@ -116,7 +120,8 @@ def _parse_size(text: str) -> int | tuple[int, int] | str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ml.evaluate", description="Label propagation with frozen features: "
                                 "DAVIS-2017 J&F, JHMDB PCK, VIP mIoU (dataset/EVALUATION.md).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{davis,jhmdb,vip,score,protocols}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{davis,jhmdb,vip,score,protocols,make-benchmark,curve}")
     for dataset in BENCHMARKS:
         e = sub.add_parser(dataset, help=f"evaluate an encoder on {dataset}")
         e.add_argument("--checkpoint", required=True,
@@ -158,7 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sequences", nargs="+", default=None)
     s.add_argument("--list-file", default=None, help="VIP: file listing the videos")
     s.add_argument("--skip-first", action="store_true", help="VIP: leave the first (given) frame unscored")
+    add_benchmark_commands(sub)
     return p
+
+
+def add_benchmark_commands(sub: Any) -> None:
+    """`make-benchmark` (the generated correspondence benchmark) and `curve` (J&F against training steps)."""
+    m = sub.add_parser("make-benchmark", help="write the generated correspondence benchmark (a DAVIS layout)")
+    m.add_argument("output", help="a new (or empty) folder")
+    m.add_argument("--sequences", type=int, default=4)
+    m.add_argument("--frames", type=int, default=10)
+    m.add_argument("--size", type=_parse_size, default=(480, 854), help="frame size HxW (default 480x854)")
+    m.add_argument("--textures", default="heldout", help="'heldout' (dataset/sample/val, the default), 'train' "
+                                                          "(dataset/sample/train) or a folder of videos")
+    m.add_argument("--difficulty", default="medium", choices=DIFFICULTIES)
+    m.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("curve", help="J&F of a run's checkpoints against steps, with random init and pixels")
+    c.add_argument("--run", required=True, help="a run folder (checkpoints/<prefix>/) or a checkpoint folder")
+    c.add_argument("--data", required=True, nargs="+", help="DAVIS-layout folders (e.g. a make-benchmark output)")
+    c.add_argument("--sizes", required=True, nargs="+", type=_parse_size, help="encoder inputs: N (short side), HxW")
+    c.add_argument("--output", required=True, help="evaluation folders and curve.csv (an interrupted curve continues)")
+    c.add_argument("--every", type=int, default=1, help="every k-th checkpoint (the last always)")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -176,6 +201,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 parser.error("--list-file and --skip-first apply to vip")
             return score_davis(a.data, a.results, a.split, a.sequences)
         return score_vip(a.data, a.results, a.split, a.list_file, a.sequences, a.skip_first)
+    if a.command == "make-benchmark":
+        if not isinstance(a.size, tuple):
+            parser.error("make-benchmark --size is HxW")
+        root = write_correspondence_benchmark(a.output, a.sequences, a.frames, a.size, a.textures, a.difficulty,
+                                              a.seed)
+        print(f"wrote {a.sequences} sequence(s) of {a.frames} frames ({a.difficulty}, textures {a.textures}) -> {root}")
+        return {"output": str(root)}
+    if a.command == "curve":
+        return {"rows": learning_curve(a.run, a.data, a.sizes, a.output, run_evaluation, every=a.every)}
     options = {k: getattr(a, k) for k in (*PROTOCOL_OPTIONS, *DATASET_OPTIONS[a.command])
                if getattr(a, k, None) is not None}
     return run_evaluation(a.command, a.data, a.output, a.checkpoint, a.arch, protocol=a.protocol, size=a.size,

@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 import mae
 from dataset_loader.dataset import KineticsFramePairs
 from ml.eval import plot_propagation, run_evaluation, weights_fingerprint, write_synthetic_davis
+from ml.eval.correspondence import write_correspondence_benchmark
+from ml.eval.curve import curve_table, learning_curve
 from ml.eval.encoders import PixelEncoder
 from ml.notebook.analysis import (
     F1_CONDITIONS,
@@ -32,7 +34,7 @@ from ml.notebook.analysis import (
     format_f1_ablation,
     textured_masked_patches,
 )
-from ml.notebook.curves import plot_losses
+from ml.notebook.curves import plot_correspondence_curve, plot_losses
 from ml.notebook.plots import (  # noqa: F401  (the notebook calls these through this module)
     plot_attention_maps,
     plot_cross_attention,
@@ -305,3 +307,31 @@ def resolve_notebook_device(config: TrainConfig) -> torch.device:
     """The device the config's `device` names (auto: this machine's GPU when there is one, else the CPU)."""
 
     return resolve_device(config.device)
+
+
+# the notebook's learning curve per setting: (sequences, frames, frame size) of the benchmark, encoder input sizes,
+# every k-th checkpoint, and whether davis_mini (or DAVIS) joins; the quick one costs about a second
+CURVE_SETTINGS: dict[str, tuple[int, int, tuple[int, int], list, int, bool]] = {
+    "quick": (1, 3, (96, 176), [64], 1, False),
+    "demo": (2, 6, (480, 854), [112, (480, 880)], 2, True),
+    "paper": (4, 10, (480, 854), [224, (480, 880)], 1, True),
+}
+
+
+def correspondence_curve(config: TrainConfig, setting: str, davis_root: Path) -> tuple[list[dict[str, Any]], Figure]:
+    """Does training improve correspondence? The generated benchmark (held-out textures, `ml.eval.correspondence`)
+    written into the run's folder, then J&F of the run's checkpoints against steps at the setting's input sizes,
+    beside random initialisation and raw pixels (`python -m ml.evaluate curve`, which the README's numbers use)."""
+
+    sequences, frames, size, sizes, every, with_davis = CURVE_SETTINGS.get(setting, CURVE_SETTINGS["paper"])
+    bench = Path(config.output_dir) / "correspondence"
+    if not (bench / "ImageSets").is_dir():
+        write_correspondence_benchmark(bench, sequences, frames, size)
+    data = [bench, davis_root] if with_davis else [bench]
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # a summary line per evaluation: the table says it all
+        rows = learning_curve(Path(config.output_dir) / "checkpoints" / config.prefix, data, sizes,
+                              Path(config.output_dir) / "eval" / "curve", run_evaluation, every=every)
+    print(curve_table(rows))
+    print(f"({len(rows)} evaluations in {time.perf_counter() - start:.0f} s; J&F, 0-1)")
+    return rows, plot_correspondence_curve(rows)

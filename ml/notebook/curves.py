@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from ml.eval.curve import read_curve
 from ml.eval.during_training import read_evals
 from ml.training.run import Run
 
@@ -150,3 +151,32 @@ def _plot_evals(ax: Any, runs: list[Run], evals: dict[str, list[dict[str, Any]]]
     ax.set(title="label propagation during training", xlabel="epochs done", ylabel="DAVIS J&F (mean of J and F, 0-1)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=1, fontsize=9, frameon=False)
+
+
+def plot_correspondence_curve(curve: str | os.PathLike | Sequence[dict[str, Any]]) -> Figure:
+    """The learning curve of `python -m ml.evaluate curve` (its curve.csv or rows): a panel per dataset, J&F against
+    optimiser steps, a colour per encoder input size; the trained checkpoints as circles on solid lines, random
+    initialisation (dashed) and raw pixels (dotted) as flat lines of the same colour. Does training help?"""
+    rows = read_curve(curve) if isinstance(curve, (str, os.PathLike)) else list(curve)
+    if not rows:
+        raise ValueError("the learning curve has no rows")
+    datasets = list(dict.fromkeys(r["data"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.8), layout="constrained", squeeze=False)
+    for ax, data in zip(axes[0], datasets):
+        mine = [r for r in rows if r["data"] == data]
+        steps = [r["step"] for r in mine if r["encoder"] == "epoch"] or [0]
+        span = (min(0, *steps), max(1, *steps))
+        for k, size in enumerate(dict.fromkeys(r["size"] for r in mine)):
+            colour = PALETTE[k % len(PALETTE)]
+            trained = sorted((r["step"], r["J&F-Mean"]) for r in mine if r["size"] == size and r["encoder"] == "epoch")
+            if trained:
+                ax.plot(*zip(*trained), "o-", color=colour, linewidth=2, label=f"{size}: trained")
+            for encoder, style in (("random", "--"), ("pixels", ":")):
+                flat = [r["J&F-Mean"] for r in mine if r["size"] == size and r["encoder"] == encoder]
+                if flat:
+                    ax.plot(span, [flat[0], flat[0]], style, color=colour, linewidth=1.5, label=f"{size}: {encoder}")
+        ax.set(title=f"label propagation on {data}", xlabel="optimiser steps done", ylabel="J&F (0-1)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, fontsize=8, frameon=False)
+    fig.suptitle("does training improve correspondence? (input size: short side or HxW)", fontsize=12)
+    return fig
