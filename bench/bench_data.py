@@ -133,18 +133,23 @@ def compare_formats(paths: list[Path], folder: Path, img_size: int, items: int, 
 
 
 def psnr(originals: list[Path], copies: list[Path], short_side: int = 256) -> float:
-    """PSNR (dB) of the copies' frames against the source's frames at the copies' size; first, middle, last frame
-    of each video."""
+    """PSNR (dB) of the copies' first, middle and last frames against the source's frames at the same times, at the
+    copies' size. A copy kept at a lower rate (`prepare --fps`) holds every step-th source frame."""
 
     errors = []
     for original, copy in zip(originals, copies):
         with open_video(copy) as reader:
-            indices = sorted({0, reader.num_frames // 2, reader.num_frames - 1})
-            copied = dict(zip(indices, reader.read(indices)))
-        with VideoReader(original) as reader:
-            for i, frame in enumerate(resized_frames(reader, short_side)):
-                if i in copied:
-                    errors.append(np.mean((copied[i].astype(np.float64) - frame) ** 2))
+            kept = sorted({0, reader.num_frames // 2, reader.num_frames - 1})
+            copied = dict(zip(kept, reader.read(kept)))
+            kept_fps = float(reader.fps)
+        with VideoReader(original) as source:
+            step = max(1, round(float(source.fps) / kept_fps))
+            wanted = {k * step: k for k in kept}
+            for i, frame in enumerate(resized_frames(source, short_side)):
+                if i in wanted:
+                    errors.append(np.mean((copied[wanted[i]].astype(np.float64) - frame) ** 2))
+                if i >= max(wanted):
+                    break
     return float(10 * np.log10(255.0 ** 2 / np.mean(errors)))
 
 

@@ -21,16 +21,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from bench import save_json
-from bench.bench_data import CLIP_DIR, make_ours, median_ratio, pin_to_one_core, summarise, time_loaders
+from bench.bench_data import CLIP_DIR, make_ours, median_ratio, pin_to_one_core, psnr, summarise, time_loaders
 from bench.clips import SAMPLE_DIR, make_bench_clips
 from dataset_loader.dataset import KINETICS400_TRAIN_VIDEOS
 from dataset_loader.estimate import video_seconds
 from dataset_loader.frames_file import FramesReader
-from dataset_loader.prepare import ensure_prepared, resized_frames
-from dataset_loader.video import VideoReader
+from dataset_loader.prepare import ensure_prepared
 
 KINETICS400_CLIP_SECONDS = 10  # the clips are cut to 10 s (a few are shorter)
 KINETICS400_TRAIN_SECONDS = KINETICS400_TRAIN_VIDEOS * KINETICS400_CLIP_SECONDS  # about 667 hours
@@ -59,25 +56,6 @@ def prepared_set(paths: list[Path], folder: Path, short_side: int, quality: int,
 def _frame_count(path: Path) -> int:
     with FramesReader(path) as reader:
         return reader.num_frames
-
-
-def psnr(originals: list[Path], copies: list[Path], short_side: int) -> float:
-    """PSNR (dB) of the copies' first, middle and last kept frames against the source frames at the same times."""
-    errors = []
-    for original, copy in zip(originals, copies):
-        with FramesReader(copy) as reader:
-            kept = sorted({0, reader.num_frames // 2, reader.num_frames - 1})
-            frames = dict(zip(kept, reader.read(kept)))
-            kept_fps = float(reader.fps)
-        with VideoReader(original) as source:
-            step = max(1, round(float(source.fps) / kept_fps))
-            wanted = {k * step: k for k in kept}
-            for i, frame in enumerate(resized_frames(source, short_side)):
-                if i in wanted:
-                    errors.append(np.mean((frames[wanted[i]].astype(np.float64) - frame) ** 2))
-                if i >= max(wanted):
-                    break
-    return float(10 * np.log10(255.0 ** 2 / np.mean(errors)))
 
 
 def measure_set(name: str, paths: list[Path], folder: Path, settings: dict[str, tuple[int, int, float]],
