@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -54,6 +57,25 @@ def read_frames(path: Path, indices: list[int], size: int = 224) -> torch.Tensor
             if len(out) == len(wanted):
                 break
     return torch.stack([out[i] for i in indices])
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a rendezvous or a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "the condition",
+             poll: float = 0.05) -> object:
+    """Poll `condition` until it returns something true (returned); TimeoutError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
 
 
 def log_rows(path: Path) -> list[tuple[float, ...]]:

@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, free_port, wait_for
+
 # what a clone holds beside the notebook: the kernel runs in the Lab's root folder and finds these there
 CLONE_ENTRIES = ("ml", "mae", "dataset_loader", "dataset", "samples.pickle")
 # Lab settings for a test: cells stay in the page while scrolled away (so every output can be read back), and no
@@ -43,12 +43,6 @@ def missing_browser() -> str | None:
     except ImportError:
         return "selenium is not installed (requirements.txt pins it)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clone_folder(root: Path, notebook: Path) -> Path:
@@ -130,16 +124,6 @@ def open_chromium(width: int = 1400, height: int = 1000) -> Any:
     return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
 
 
-def wait_for(condition: Any, timeout: float, what: str, poll: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
-
-
 # ---------------------------------------------------------------- what the page shows
 NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook tab in front
 CELLS_JS = """
@@ -184,7 +168,7 @@ def run_all_through_menu(driver: Any) -> None:
     menu = driver.find_element(By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[text()='Run']]")
     menu.click()
     item = wait_for(lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-Menu-item")
-                             if e.is_displayed() and e.text.startswith("Run All Cells")], 10, "the Run menu")
+                             if e.is_displayed() and e.text.startswith("Run All Cells")], 10, "the Run menu", poll=0.25)
     item[0].click()
 
 

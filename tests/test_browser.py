@@ -18,7 +18,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for
 from tests.lab_browser import (
     Lab,
     all_cells_ran,
@@ -32,7 +32,6 @@ from tests.lab_browser import (
     recorded_text,
     run_all_through_menu,
     screenshot_sections,
-    wait_for,
 )
 
 pytestmark = pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))
@@ -57,7 +56,8 @@ def run_in_the_browser(driver: Any, lab: Lab, name: str, watch: str | None, time
     """Open notebook `name`, run all its cells through the menu, wait for the kernel; what the page showed."""
     expected = len(nbformat.read(lab.root / name, as_version=4).cells)
     driver.get(lab.url(f"lab/tree/{name}"))
-    wait_for(lambda: kernel_idle(driver) and len(cells(driver)) == expected, 90, f"{name} to open, kernel idle")
+    wait_for(lambda: kernel_idle(driver) and len(cells(driver)) == expected, 90, f"{name} to open, kernel idle",
+             poll=0.25)
     before = cells(driver)
     watched = next((i for i, c in enumerate(before) if watch and watch in c["source"]), None)
     if watched is not None:
@@ -65,7 +65,8 @@ def run_in_the_browser(driver: Any, lab: Lab, name: str, watch: str | None, time
     start = time.monotonic()
     run_all_through_menu(driver)
     if name == "broken.ipynb":  # execution stops at the error: wait for it instead of every prompt
-        wait_for(lambda: any(c["errors"] for c in cells(driver)) and kernel_idle(driver), timeout, "the error")
+        wait_for(lambda: any(c["errors"] for c in cells(driver)) and kernel_idle(driver), timeout, "the error",
+                 poll=0.25)
     else:
         wait_for(lambda: all_cells_ran(driver), timeout, f"every cell of {name} to run", poll=1.0)
     return {"cells": cells(driver), "seconds": time.monotonic() - start, "console": console_errors(driver),

@@ -21,7 +21,7 @@ import pytest
 
 from ml.training.checkpoint import load_checkpoint
 from ml.training.run import Run
-from tests.conftest import REPO, SAMPLE_DIR
+from tests.conftest import REPO, SAMPLE_DIR, wait_for
 
 KILLER = '''
 import os, signal
@@ -80,14 +80,6 @@ def environment(site: Path, kill_at: str = "") -> dict[str, str]:
 
 def temp_files(out: Path) -> list[Path]:
     return sorted(p for p in out.rglob(".*.tmp"))
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
 
 
 def test_a_second_start_on_a_live_run_is_refused_and_a_killed_run_leaves_no_stale_lock(tmp_path, site) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ml.training.checkpoint import load_checkpoint
-from tests.conftest import REPO, SAMPLE_DIR, log_rows
+from tests.conftest import REPO, SAMPLE_DIR, free_port, log_rows
 
 WORLD = 2
 TIMEOUT_S = 240
@@ -52,12 +51,6 @@ def _record_writes(out_dir: str, report: list[str]) -> None:
     sys.addaudithook(hook)
 
 
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spawned_rank(rank: int, port: int, out_dir: str, report_dir: str) -> None:
