@@ -10,15 +10,13 @@ continues); the rows go to <output>/curve.csv and the table is printed (`curve_t
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ml.files import atomic_file
+from ml.eval.store import read_csv, write_csv
 from ml.training.checkpoint import checkpoints_in, read_checkpoint_meta
 
 CURVE_COLUMNS = ("data", "size", "encoder", "epoch", "step", "J&F-Mean", "J-Mean", "F-Mean", "seconds")
@@ -75,24 +73,13 @@ def learning_curve(run: str | os.PathLike, data: Sequence[str | os.PathLike], si
 
 
 def write_curve(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=CURVE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    with atomic_file(path, "w") as f:
-        f.write(text.getvalue())
+    write_csv(path, rows, digits=4, columns=CURVE_COLUMNS)
 
 
 def read_curve(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a curve.csv (epoch and step ints, scores floats); ValueError for a file without the columns."""
-    reader = csv.DictReader(io.StringIO(Path(path).read_text()))
-    missing = [c for c in CURVE_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ValueError(f"{path} lacks the column(s) {', '.join(missing)} (expected {','.join(CURVE_COLUMNS)})")
     return [{**row, "epoch": int(row["epoch"]), "step": int(row["step"]),
-             **{k: float(row[k]) for k in CURVE_COLUMNS[5:]}} for row in reader]
+             **{k: float(row[k]) for k in CURVE_COLUMNS[5:]}} for row in read_csv(path, CURVE_COLUMNS)]
 
 
 def curve_table(rows: list[dict[str, Any]]) -> str:

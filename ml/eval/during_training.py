@@ -13,8 +13,6 @@ rows of epochs past that checkpoint (a rewound history) leave the CSV, their fol
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import os
 import shutil
 import time
@@ -26,7 +24,7 @@ import torch
 from ml.eval.benchmarks import DEFAULT_PROTOCOL, DavisBenchmark
 from ml.eval.cli import run_evaluation
 from ml.eval.protocols import get_protocol
-from ml.files import atomic_file
+from ml.eval.store import read_csv, write_csv
 from ml.training.config import TrainConfig
 from ml.training.distributed import print_main
 from ml.training.engine import EpochEnd
@@ -39,15 +37,10 @@ def read_evals(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of an evals.csv in file order (epoch an int, scores and seconds floats), [] when there is none;
     a line cut short by a crash is skipped (that evaluation is done again when due). ValueError for a file
     without the columns."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         return []
-    reader = csv.DictReader(io.StringIO(path.read_text()))
-    missing = [c for c in EVALS_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ValueError(f"{path} lacks the column(s) {', '.join(missing)} (expected {','.join(EVALS_COLUMNS)})")
     rows = []
-    for row in reader:
+    for row in read_csv(path, EVALS_COLUMNS):
         try:
             rows.append({"epoch": int(row["epoch"]), "benchmark": row["benchmark"], "protocol": row["protocol"],
                          **{k: float(row[k]) for k in EVALS_COLUMNS[3:]}})
@@ -58,14 +51,7 @@ def read_evals(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def write_evals(path: Path, rows: list[dict[str, Any]]) -> None:
     """evals.csv rewritten whole and atomically (a crash leaves the old or the new file, never half of one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=EVALS_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in sorted(rows, key=lambda r: (r["epoch"], r["benchmark"])):
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    with atomic_file(path, "w") as f:
-        f.write(text.getvalue())
+    write_csv(path, sorted(rows, key=lambda r: (r["epoch"], r["benchmark"])), digits=6, columns=EVALS_COLUMNS)
 
 
 class DavisDuringTraining:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +115,23 @@ def write_json(path: Path, obj: Any) -> None:
         f.write(json.dumps(obj, indent=1))
 
 
-def write_csv(path: Path, rows: list[dict], digits: int | None = None) -> None:
-    """Rows as CSV (header from the first row); floats with `digits` decimals when given (the official tool: 3)."""
+def write_csv(path: Path, rows: list[dict], digits: int | None = None, columns: Sequence[str] | None = None) -> None:
+    """Rows as CSV, written whole and atomically (header: `columns`, else the first row's keys); floats with `digits`
+    decimals when given (the official tool: 3)."""
     def cell(v: Any) -> Any:
         return f"{v:.{digits}f}" if digits is not None and isinstance(v, float) else v
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(columns or rows[0]))
         writer.writeheader()
         writer.writerows({k: cell(v) for k, v in row.items()} for row in rows)
+
+
+def read_csv(path: str | os.PathLike, columns: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a CSV file as text; ValueError naming the `columns` it lacks."""
+    reader = csv.DictReader(io.StringIO(Path(path).read_text()))
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {', '.join(missing)} (expected {','.join(columns)})")
+    return list(reader)
